@@ -1,0 +1,54 @@
+"""What a file on disk *is*, so that a cached handle or description can be checked.
+
+A :class:`FileIdentity` is taken with one ``os.stat`` (a few microseconds). Two
+identities of the same path differ when the file was replaced (new inode), rewritten
+(new size or modification time) or deleted (``stat`` fails).
+
+Notes
+-----
+Thread-safe and picklable (a frozen dataclass of integers).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """Device, inode, size and modification time (ns) of a regular file."""
+
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: str | os.PathLike[str]) -> FileIdentity:
+        """Stat ``path``; raise an ``OSError`` naming it if it is missing or not a file."""
+        st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(
+                errno.EISDIR,
+                "is a directory, not a file (pass the path of a file in it)",
+                os.fspath(path),
+            )
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def same_file(self, other: FileIdentity) -> bool:
+        """Same inode on the same device (content may have changed)."""
+        return (self.device, self.inode) == (other.device, other.inode)
+
+    def describe_change(self, new: FileIdentity) -> str:
+        """Words for what changed between ``self`` (before) and ``new`` (now)."""
+        if not self.same_file(new):
+            return "was replaced by another file"
+        changes = []
+        if new.size != self.size:
+            changes.append(f"size {self.size} -> {new.size} bytes")
+        if new.mtime_ns != self.mtime_ns:
+            changes.append("modification time changed")
+        return "was modified (" + ", ".join(changes) + ")" if changes else "is unchanged"

@@ -1,0 +1,158 @@
+"""Locks of the right scope: one per file, one per native library that is not thread-safe.
+
+Every lock here is a :class:`NamedLock`: a small picklable value that names its scope
+(``("file", canonical_path)`` or ``("library", name)``) and finds the real
+``threading.RLock`` in this process's registry each time it is acquired. A lock
+therefore travels to a dask worker as its name and means the same thing there.
+
+Which lock covers which calls
+-----------------------------
+============  ===============================================  =========================
+scope         covers                                           why
+============  ===============================================  =========================
+library       every call into a native library that is not    netCDF-C is not
+``netcdf-c``  thread-safe: open, every metadata call           thread-safe at all; its
+              (dims, variables, attributes, chunking),         own HDF5 copy neither.
+              reads, close. (netCDF4-python)                   xarray's engine crashes
+                                                               when metadata calls run
+                                                               outside its lock.
+library       open, metadata walk and close through h5py.      h5py serialises each
+``hdf5``      Library-path reads too (h5py also takes its      call itself; this lock
+              own global lock; ours makes a multi-call walk    keeps a walk of many
+              atomic). Byte-range reads take no library lock.  calls consistent.
+library       GDAL/rasterio open, metadata and close.          GDAL dataset handles
+``gdal``                                                       are not thread-safe.
+file          reads and writes through one handle whose        a handle that seeks
+              library is thread-safe across handles but        (tifffile, GDAL, Python
+              not within one (GDAL, tifffile, plain files);    files) must not be used
+              every write.                                     by two threads at once.
+============  ===============================================  =========================
+
+Order: a thread that needs both takes the file lock first, then the library lock.
+The handle manager's own lock is never held while any of these is taken.
+
+Notes
+-----
+Thread-safe: every function and class here. Picklable: :class:`NamedLock` (by name).
+After ``os.fork`` the child starts with fresh, unlocked registries, because a lock held
+by another parent thread at fork time would otherwise stay locked forever in the child.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from dataclasses import dataclass, field
+
+#: Library-lock names used by xrdist's readers.
+HDF5 = "hdf5"
+NETCDF_C = "netcdf-c"
+GDAL = "gdal"
+
+
+class _Registry:
+    """Name -> RLock. Locks live while somebody holds them or a reference to them."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: weakref.WeakValueDictionary[tuple[str, str], threading.RLock] = (
+            weakref.WeakValueDictionary()
+        )
+        # Library locks are few and permanent: keep them strongly.
+        self._library: dict[str, threading.RLock] = {}
+
+    def get(self, scope: str, name: str) -> threading.RLock:
+        with self._guard:
+            if scope == "library":
+                lock = self._library.get(name)
+                if lock is None:
+                    lock = self._library[name] = threading.RLock()
+                return lock
+            key = (scope, name)
+            lock = self._locks.get(key)
+            if lock is None:
+                lock = threading.RLock()
+                self._locks[key] = lock
+            return lock
+
+    def __len__(self) -> int:
+        return len(self._locks) + len(self._library)
+
+
+_registry = _Registry()
+
+
+def _reset_after_fork() -> None:
+    global _registry
+    _registry = _Registry()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def canonical_path(path: str | os.PathLike[str]) -> str:
+    """The path that names a file for locks and cache keys: absolute, symlinks resolved."""
+    return os.path.realpath(os.fspath(path))
+
+
+@dataclass(frozen=True)
+class NamedLock:
+    """A re-entrant lock identified by ``(scope, name)``, resolved per process.
+
+    Use :func:`file_lock` and :func:`library_lock` rather than the constructor. Equal
+    names give the same underlying lock in one process. Picklable (a few dozen bytes);
+    thread-safe. Re-entrant: a thread holding it may acquire it again.
+    """
+
+    scope: str
+    name: str
+    _held: list[threading.RLock] = field(
+        default_factory=list, init=False, repr=False, compare=False
+    )
+
+    def _resolve(self) -> threading.RLock:
+        return _registry.get(self.scope, self.name)
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        lock = self._resolve()
+        ok = lock.acquire(blocking, timeout)
+        if ok:
+            # Keep the resolved lock alive (and findable by release) while held.
+            self._held.append(lock)
+        return ok
+
+    def release(self) -> None:
+        if not self._held:
+            raise RuntimeError(f"release of un-acquired lock {self!r}")
+        lock = self._held[-1]
+        lock.release()  # raises, and keeps the record, if this thread is not the owner
+        self._held.pop()
+
+    def locked(self) -> bool:
+        """True if some thread holds this lock (a snapshot, for tests and diagnostics)."""
+        lock = self._resolve()
+        if lock.acquire(blocking=False):
+            lock.release()
+            return False
+        return True
+
+    def __enter__(self) -> NamedLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __reduce__(self) -> tuple[type[NamedLock], tuple[str, str]]:
+        return (NamedLock, (self.scope, self.name))
+
+
+def file_lock(path: str | os.PathLike[str]) -> NamedLock:
+    """The lock of one file, whatever the mode it is opened in (keyed by canonical path)."""
+    return NamedLock("file", canonical_path(path))
+
+
+def library_lock(name: str) -> NamedLock:
+    """The process-wide lock of one native library (``HDF5``, ``NETCDF_C``, ``GDAL``)."""
+    return NamedLock("library", name)

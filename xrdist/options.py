@@ -1,0 +1,125 @@
+"""Process-wide options: ``set_options`` and ``get_options``.
+
+``set_options`` works as a plain call (the change stays) and as a context manager
+(the previous values come back on exit), like ``xarray.set_options``.
+
+Notes
+-----
+Options are process-wide, not per thread: changing them while other threads read
+files is allowed (every option is read once per use), but a ``with set_options(...)``
+block in one thread changes what all threads see. On a ``distributed`` cluster,
+set options on the workers with ``client.run(xrdist.set_options, ...)``.
+"""
+
+from __future__ import annotations
+
+import resource
+import threading
+from collections.abc import Callable
+from typing import Any
+
+#: Upper cap of the default handle-cache size, whatever the descriptor limit.
+DEFAULT_CACHE_CAP = 1024
+
+
+def default_file_cache_maxsize() -> int:
+    """Half the soft ``RLIMIT_NOFILE`` of this process, at least 8 and at most 1024.
+
+    Half leaves room for sockets, pipes and the files other code opens; the cap keeps
+    the memory that native libraries hold per open file (metadata, chunk caches) sane.
+    """
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return DEFAULT_CACHE_CAP
+    return max(8, min(DEFAULT_CACHE_CAP, soft // 2))
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _positive_int_or_none(value: Any) -> bool:
+    return value is None or _positive_int(value)
+
+
+_VALIDATORS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "file_cache_maxsize": (_positive_int, "a positive integer"),
+    "file_cache_maxweight": (_positive_int_or_none, "a positive integer or None"),
+    "warn_for_unclosed_files": (lambda v: isinstance(v, bool), "True or False"),
+}
+
+_OPTIONS: dict[str, Any] = {
+    "file_cache_maxsize": default_file_cache_maxsize(),
+    "file_cache_maxweight": None,
+    "warn_for_unclosed_files": False,
+}
+
+_lock = threading.Lock()
+# Called with the names of the options that changed, after they changed.
+_listeners: list[Callable[[set[str]], None]] = []
+
+
+def get_options() -> dict[str, Any]:
+    """A copy of the current options."""
+    return dict(_OPTIONS)
+
+
+def get_option(name: str) -> Any:
+    """The current value of one option."""
+    return _OPTIONS[name]
+
+
+def on_change(callback: Callable[[set[str]], None]) -> None:
+    """Register ``callback(changed_names)``, called after any ``set_options`` change."""
+    _listeners.append(callback)
+
+
+def _apply(new: dict[str, Any]) -> None:
+    with _lock:
+        changed = {k for k, v in new.items() if _OPTIONS[k] != v}
+        _OPTIONS.update(new)
+    if changed:
+        for callback in list(_listeners):
+            callback(changed)
+
+
+class set_options:  # named like xarray.set_options, used like a function
+    """Set xrdist options, for good or within a ``with`` block.
+
+    Parameters
+    ----------
+    file_cache_maxsize : int
+        Most open file handles kept by this process's handle cache (leased handles
+        may exceed it, see ``xrdist.manager``). Default: half the soft descriptor
+        limit, between 8 and 1024.
+    file_cache_maxweight : int or None
+        Optional bound on the summed *weight* of open handles (a weight is the memory
+        a library keeps for an open file, such as a chunk cache, in bytes). ``None``
+        (default) bounds by count only.
+    warn_for_unclosed_files : bool
+        Warn when a ``CachingFileManager`` is garbage-collected with its file open,
+        as xarray's option of the same name does.
+
+    Examples
+    --------
+    >>> import xrdist
+    >>> with xrdist.set_options(file_cache_maxsize=16):
+    ...     pass
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        for name, value in kwargs.items():
+            if name not in _VALIDATORS:
+                valid = ", ".join(sorted(_VALIDATORS))
+                raise ValueError(f"{name!r} is not an xrdist option; valid options: {valid}")
+            check, expected = _VALIDATORS[name]
+            if not check(value):
+                raise ValueError(f"option {name!r} must be {expected}, got {value!r}")
+        self._previous = {name: _OPTIONS[name] for name in kwargs}
+        _apply(kwargs)
+
+    def __enter__(self) -> set_options:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _apply(self._previous)
