@@ -28,6 +28,10 @@ file          reads and writes through one handle whose        a handle that see
               every write.                                     by two threads at once.
 ============  ===============================================  =========================
 
+The ``netcdf-c`` lock is shared with xarray's ``netcdf4`` engine (it wraps xarray's
+``NETCDFC_LOCK``): both engines may run in one process, and netCDF-C must never be
+entered by two threads at once, whoever calls it.
+
 Order: a thread that needs both takes the file lock first, then the library lock.
 The handle manager's own lock is never held while any of these is taken.
 
@@ -44,11 +48,57 @@ import os
 import threading
 import weakref
 from dataclasses import dataclass, field
+from typing import Any
 
 #: Library-lock names used by xrdist's readers.
 HDF5 = "hdf5"
 NETCDF_C = "netcdf-c"
 GDAL = "gdal"
+
+
+class _ReentrantAround:
+    """A re-entrant lock around a non-re-entrant lock that other code also takes.
+
+    The inner lock is taken on a thread's first acquire and released on its last
+    release, so xrdist's code may nest acquisitions while other libraries (xarray's
+    engines) that take the inner lock directly still exclude us and we them.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self._owner: int | None = None
+        self._count = 0
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        me = threading.get_ident()
+        if self._owner == me:
+            self._count += 1
+            return True
+        if not self._inner.acquire(blocking, timeout):
+            return False
+        self._owner, self._count = me, 1
+        return True
+
+    def release(self) -> None:
+        if self._owner != threading.get_ident():
+            raise RuntimeError("cannot release un-acquired lock")
+        self._count -= 1
+        if self._count == 0:
+            self._owner = None
+            self._inner.release()
+
+
+def _shared_library_lock(name: str) -> Any:
+    """The lock of library ``name``, shared with xarray's engines where they have one.
+
+    xarray's ``netcdf4`` engine serialises netCDF-C with its ``NETCDFC_LOCK``; if ours were
+    a different lock, the two engines would call netCDF-C at once and crash the process.
+    """
+    if name == NETCDF_C:
+        from xarray.backends.locks import NETCDFC_LOCK
+
+        return _ReentrantAround(NETCDFC_LOCK)
+    return threading.RLock()
 
 
 class _Registry:
@@ -60,14 +110,14 @@ class _Registry:
             weakref.WeakValueDictionary()
         )
         # Library locks are few and permanent: keep them strongly.
-        self._library: dict[str, threading.RLock] = {}
+        self._library: dict[str, Any] = {}
 
-    def get(self, scope: str, name: str) -> threading.RLock:
+    def get(self, scope: str, name: str) -> Any:
         with self._guard:
             if scope == "library":
                 lock = self._library.get(name)
                 if lock is None:
-                    lock = self._library[name] = threading.RLock()
+                    lock = self._library[name] = _shared_library_lock(name)
                 return lock
             key = (scope, name)
             lock = self._locks.get(key)
@@ -107,11 +157,9 @@ class NamedLock:
 
     scope: str
     name: str
-    _held: list[threading.RLock] = field(
-        default_factory=list, init=False, repr=False, compare=False
-    )
+    _held: list[Any] = field(default_factory=list, init=False, repr=False, compare=False)
 
-    def _resolve(self) -> threading.RLock:
+    def _resolve(self) -> Any:
         return _registry.get(self.scope, self.name)
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:

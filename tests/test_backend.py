@@ -1,0 +1,334 @@
+"""engine="xrdist" gives what engine="netcdf4" gives, lazily, safely under threads."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import dask
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+import xrdist
+from xrdist.backend import XrdistBackendEntrypoint
+from xrdist.description import clear_descriptions, description_cache_info
+
+ATTRS = {
+    "title": "corpus",
+    "int_attr": np.int32(7),
+    "float_attr": 2.5,
+    "int_list": [1, 2, 3],
+    "float_array": np.array([0.5, 1.5], dtype="f4"),
+    "str_list": ["a", "bc"],
+    "int8_attr": np.int8(-3),
+    "uint16_attr": np.uint16(9),
+}
+
+
+def corpus_dataset() -> xr.Dataset:
+    """Every dtype, fill values, packing, times, strings, scalars and empty dims."""
+    rng = np.random.default_rng(0)
+    time = pd.date_range("2001-01-01", periods=6, freq="D")
+    ds = xr.Dataset(coords={"time": time, "y": np.arange(5.0), "x": np.arange(4)})
+    for dtype in ["i1", "u1", "i2", "u2", "i4", "u4", "i8", "u8", "f4", "f8"]:
+        ds[f"v_{dtype}"] = (("time", "y", "x"), (rng.random((6, 5, 4)) * 100).astype(dtype))
+    ds["with_nan"] = ds["v_f4"].where(ds["v_f4"] > 20)
+    ds["packed"] = (("time", "y"), rng.random((6, 5)) * 40 - 10)
+    ds["packed"].encoding = {
+        "dtype": "int16",
+        "scale_factor": 0.01,
+        "add_offset": 5.0,
+        "_FillValue": -9999,
+    }
+    ds["packed"][0, 0] = np.nan
+    ds["missing"] = (("y",), np.array([1.0, -1.0, 3.0, 4.0, -1.0]), {"missing_value": -1.0})
+    ds["flags"] = (("x",), np.array([True, False, True, True]))
+    ds["vlen_str"] = (("x",), np.array(["a", "bcd", "", "é"], dtype=object))
+    ds["char_str"] = (("y",), np.array([b"ab", b"c", b"def", b"", b"g"]))
+    ds["char_str"].encoding = {"dtype": "S1"}
+    ds["scalar"] = ((), 3.25, {"units": "m"})
+    ds["empty"] = (("zero",), np.array([], dtype="f8"))
+    ds["duration"] = (("time",), pd.to_timedelta(np.arange(6), "h"))
+    ds["time_bnds"] = (("time", "nv"), np.stack([time.values, time.values], axis=1))
+    ds["time"].attrs["bounds"] = "time_bnds"
+    ds["time"].encoding["units"] = "days since 2001-01-01"
+    ds["zlib_chunked"] = (("time", "y", "x"), rng.random((6, 5, 4)))
+    ds["zlib_chunked"].encoding = {
+        "zlib": True,
+        "complevel": 4,
+        "shuffle": True,
+        "fletcher32": True,
+        "chunksizes": (2, 5, 2),
+    }
+    ds["chunked_plain"] = (("time", "y", "x"), rng.random((6, 5, 4)).astype("f4"))
+    ds["chunked_plain"].encoding = {"chunksizes": (1, 5, 4)}
+    ds["lon"] = (("x",), np.linspace(0, 3, 4), {"standard_name": "longitude"})
+    ds = ds.set_coords("lon")
+    ds["v_f8"].attrs.update({"coordinates": "lon", "long_name": "eight-byte floats"})
+    ds.attrs.update(ATTRS)
+    return ds
+
+
+def calendar_dataset(calendar: str) -> xr.Dataset:
+    times = xr.date_range("2000-02-27", periods=5, freq="D", calendar=calendar, use_cftime=True)
+    return xr.Dataset({"v": (("time",), np.arange(5.0))}, coords={"time": times})
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> dict[str, Path]:
+    """Files written by xarray's own engines, in every layout the tests compare."""
+    folder = tmp_path_factory.mktemp("corpus")
+    files = {}
+    ds = corpus_dataset()
+    files["netcdf4"] = folder / "netcdf4.nc"
+    ds.to_netcdf(files["netcdf4"], engine="netcdf4", unlimited_dims=["time"])
+    files["h5netcdf"] = folder / "h5netcdf.nc"
+    ds.drop_vars(["char_str"]).to_netcdf(files["h5netcdf"], engine="h5netcdf")
+    classic = ds.drop_vars(["vlen_str", "v_u2", "v_u4", "v_i8", "v_u8", "empty", "duration"])
+    classic = classic.drop_vars(["time_bnds"]).assign_coords(time=ds.time)
+    for v in classic.variables.values():
+        v.encoding = {
+            k: e
+            for k, e in v.encoding.items()
+            if k in ("dtype", "scale_factor", "add_offset", "_FillValue")
+        }
+    classic.attrs = {"title": "classic", "n": np.int32(3), "vals": [1.5, 2.5]}
+    files["netcdf3"] = folder / "classic.nc"
+    classic.to_netcdf(files["netcdf3"], format="NETCDF3_64BIT", engine="netcdf4")
+    files["netcdf3_classic"] = folder / "classic32.nc"
+    classic.to_netcdf(files["netcdf3_classic"], format="NETCDF3_CLASSIC", engine="netcdf4")
+    for calendar in ["noleap", "360_day", "julian", "all_leap", "proleptic_gregorian"]:
+        files[f"cal_{calendar}"] = folder / f"cal_{calendar}.nc"
+        calendar_dataset(calendar).to_netcdf(files[f"cal_{calendar}"], engine="netcdf4")
+    groups = folder / "groups.nc"
+    xr.Dataset({"top": ("a", [1, 2])}, attrs={"level": "root"}).to_netcdf(groups)
+    xr.Dataset({"inner": ("b", [3.0, 4.0, 5.0])}, attrs={"level": "g1"}).to_netcdf(
+        groups, group="g1", mode="a"
+    )
+    xr.Dataset({"deep": ("a", [6, 7])}).to_netcdf(groups, group="g1/g2", mode="a")
+    files["groups"] = groups
+    return files
+
+
+def same_encoding(a: dict, b: dict) -> bool:
+    """Equal encodings, NaN fill values included."""
+    if a.keys() != b.keys():
+        return False
+    for key in a:
+        x, y = a[key], b[key]
+        if isinstance(x, float | np.floating) and isinstance(y, float | np.floating):
+            if not (x == y or (np.isnan(x) and np.isnan(y))):
+                return False
+        elif x != y:
+            return False
+    return True
+
+
+def assert_same_as_netcdf4(path: Path, **kwargs) -> None:
+    ours = xr.open_dataset(path, engine="xrdist", **kwargs)
+    theirs = xr.open_dataset(path, engine="netcdf4", **kwargs)
+    xr.testing.assert_identical(ours, theirs)
+    assert ours.encoding == theirs.encoding
+    for name in theirs.variables:
+        assert same_encoding(ours[name].encoding, theirs[name].encoding), name
+    xr.testing.assert_identical(ours.load(), theirs.load())
+    ours.close()
+    theirs.close()
+
+
+CORPUS_FILES = [
+    "netcdf4",
+    "h5netcdf",
+    "netcdf3",
+    "netcdf3_classic",
+    "cal_noleap",
+    "cal_360_day",
+    "cal_julian",
+    "cal_all_leap",
+    "cal_proleptic_gregorian",
+]
+
+
+@pytest.mark.parametrize("name", CORPUS_FILES)
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"chunks": {}},
+        {"mask_and_scale": False},
+        {"decode_times": False},
+        {"decode_cf": False},
+        {"concat_characters": False, "decode_coords": False},
+        {"drop_variables": ["v_i1", "scalar"]},
+    ],
+    ids=["default", "chunks", "no-mask", "no-times", "no-cf", "raw-strings", "drop"],
+)
+def test_identical_to_netcdf4_engine(corpus, name, options):
+    assert_same_as_netcdf4(corpus[name], **options)
+
+
+@pytest.mark.parametrize("group", [None, "g1", "g1/g2", "/g1/g2"])
+def test_groups_identical(corpus, group):
+    assert_same_as_netcdf4(corpus["groups"], group=group)
+
+
+def test_missing_group_names_the_file_and_the_groups(corpus):
+    with pytest.raises(OSError, match=r"group 'nope' not found in .*groups.nc.*\['g1'\]"):
+        xr.open_dataset(corpus["groups"], engine="xrdist", group="nope")
+
+
+def test_indexing_reads_windows(corpus):
+    """Basic, outer and vectorized indexing agree with the netcdf4 engine."""
+    ours = xr.open_dataset(corpus["netcdf4"], engine="xrdist")["zlib_chunked"]
+    theirs = xr.open_dataset(corpus["netcdf4"], engine="netcdf4")["zlib_chunked"]
+    selections = [
+        {"time": 2},
+        {"time": slice(1, 5, 2), "x": slice(None, None, -1)},
+        {"time": [0, 3, 5], "x": [1, 3]},
+        {"time": xr.DataArray([0, 2], dims="p"), "y": xr.DataArray([1, 4], dims="p")},
+    ]
+    for sel in selections:
+        xr.testing.assert_identical(ours.isel(sel).load(), theirs.isel(sel).load())
+
+
+def test_encoding_carries_on_disk_chunks(corpus):
+    ds = xr.open_dataset(corpus["netcdf4"], engine="xrdist")
+    enc = ds["zlib_chunked"].encoding
+    assert enc["chunksizes"] == (2, 5, 2)
+    assert enc["preferred_chunks"] == {"time": 2, "y": 5, "x": 2}
+    assert enc["zlib"] and enc["shuffle"] and enc["fletcher32"]
+    assert enc["source"] == str(corpus["netcdf4"])
+    auto = xr.open_dataset(corpus["netcdf4"], engine="xrdist", chunks="auto")
+    assert auto["zlib_chunked"].data.chunksize[1:] == (5, 4)  # whole multiples of 5, 2
+
+
+def test_pickled_dataset_holds_no_data_and_reads_elsewhere(tmp_path):
+    """An unloaded dataset pickles to its description, not its data, and reads in a new
+    process."""
+    path = tmp_path / "big.nc"
+    data = np.arange(500_000, dtype="f8").reshape(500, 1000)
+    xr.Dataset({"v": (("a", "b"), data)}).to_netcdf(path)
+    ds = xr.open_dataset(path, engine="xrdist")
+    blob = pickle.dumps(ds)
+    assert len(blob) < 20_000 < data.nbytes
+    pickled = tmp_path / "ds.pickle"
+    pickled.write_bytes(blob)
+    code = (
+        "import pickle, sys, numpy as np; "
+        f"ds = pickle.load(open({str(pickled)!r}, 'rb')); "
+        "assert float(ds.v.sum()) == float(np.arange(500_000).sum()); "
+        "import xrdist; print(xrdist.cache_info().opens)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "1"
+
+
+def test_metadata_is_not_walked_again_after_eviction(tmp_path, global_cache):
+    path = tmp_path / "a.nc"
+    xr.Dataset({"v": ("x", [1, 2, 3])}).to_netcdf(path)
+    clear_descriptions()
+    walks_before = description_cache_info()["walks"]
+    xr.open_dataset(path, engine="xrdist").close()
+    xrdist.clear_cache()
+    ds = xr.open_dataset(path, engine="xrdist")
+    assert description_cache_info()["walks"] == walks_before + 1
+    assert xrdist.cache_info().opens == 1  # the first walk; the reopen needed no open
+    np.testing.assert_array_equal(ds.v.values, [1, 2, 3])
+    assert xrdist.cache_info().opens == 2  # reading data opens the file again
+
+
+def test_file_replaced_after_open_is_an_error_not_wrong_data(tmp_path, global_cache):
+    path = tmp_path / "a.nc"
+    xr.Dataset({"v": ("x", [1, 2, 3])}).to_netcdf(path)
+    ds = xr.open_dataset(path, engine="xrdist")
+    other = tmp_path / "b.nc"
+    xr.Dataset({"v": ("x", [7, 8, 9])}).to_netcdf(other)
+    os.replace(other, path)
+    with pytest.raises(OSError, match="was replaced by another file after it was opened"):
+        ds.v.values  # noqa: B018
+    np.testing.assert_array_equal(xr.open_dataset(path, engine="xrdist").v.values, [7, 8, 9])
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "words"),
+    [
+        (lambda d: d / "missing.nc", FileNotFoundError, "No such file"),
+        (lambda d: d, IsADirectoryError, "is a directory"),
+        (
+            lambda d: (d / "t.nc").write_text("hello world") and d / "t.nc",
+            ValueError,
+            r"not a netCDF or HDF5 file: it starts with b'hello wo'",
+        ),
+        (lambda d: (d / "e.nc").write_bytes(b"") or d / "e.nc", ValueError, "it is empty"),
+    ],
+    ids=["missing", "directory", "text", "empty"],
+)
+def test_bad_input_errors_name_the_path(tmp_path, no_leaks, make, error, words):
+    path = make(tmp_path)
+    with pytest.raises(error, match=words) as excinfo:
+        xr.open_dataset(path, engine="xrdist")
+    assert str(path) in str(excinfo.value)
+
+
+def test_truncated_file_error_names_the_path(tmp_path, no_leaks):
+    path = tmp_path / "cut.nc"
+    xr.Dataset({"v": ("x", np.arange(10_000.0))}).to_netcdf(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    with pytest.raises(OSError) as excinfo:
+        xr.open_dataset(path, engine="xrdist").load()
+    assert str(path) in str(excinfo.value)
+
+
+def test_guess_can_open_reads_at_most_eight_bytes(tmp_path):
+    entry = XrdistBackendEntrypoint()
+    nc = tmp_path / "data.bin"
+    xr.Dataset({"v": ("x", [1])}).to_netcdf(nc)
+    assert entry.guess_can_open(nc)
+    assert entry.guess_can_open(tmp_path / "whatever.nc")
+    text = tmp_path / "notes.txt"
+    text.write_text("not a netcdf file")
+    assert not entry.guess_can_open(text)
+    assert not entry.guess_can_open(tmp_path / "missing.txt")
+
+
+def test_unknown_library_lists_the_choices(tmp_path):
+    path = tmp_path / "a.nc"
+    xr.Dataset({"v": ("x", [1])}).to_netcdf(path)
+    with pytest.raises(ValueError, match=r"library='gdal' is not supported; choose one of"):
+        xr.open_dataset(path, engine="xrdist", library="gdal")
+
+
+@pytest.mark.stress
+@pytest.mark.timeout(600)
+def test_threads_open_and_reduce_many_files(tmp_path, stress_seconds):
+    """Open a few hundred files from a thread pool and reduce them with dask's threaded
+    scheduler, repeatedly: no error, right answer (xarray's netcdf4 engine has crashed
+    here)."""
+    n_files = 200
+    paths = []
+    for i in range(n_files):
+        path = tmp_path / f"f{i:03d}.nc"
+        xr.Dataset({"v": (("y", "x"), np.full((20, 30), float(i)))}).to_netcdf(
+            path, encoding={"v": {"zlib": True, "chunksizes": (10, 15)}}
+        )
+        paths.append(path)
+    expected = sum(range(n_files)) * 600.0
+    runs = max(2, int(stress_seconds))
+    with xrdist.set_options(file_cache_maxsize=64):
+        for _ in range(runs):
+            clear_descriptions()
+            with ThreadPoolExecutor(8) as pool:
+                datasets = list(
+                    pool.map(lambda p: xr.open_dataset(p, engine="xrdist", chunks={}), paths)
+                )
+            total = sum(ds.v.sum() for ds in datasets)
+            with dask.config.set(scheduler="threads", num_workers=8):
+                assert float(total.compute()) == expected

@@ -1,0 +1,106 @@
+"""What a file holds, apart from its data: the result of walking its metadata once.
+
+:class:`FileDescription` and :class:`VariableDescription` are plain data: dimensions,
+variables with their raw (undecoded) attributes and encoding, global attributes and
+sub-groups. Readers of each format produce them; the backend and the multi-file planner
+consume them without touching the file again.
+
+:func:`describe` caches descriptions per process, keyed by (canonical path, file
+identity, library, group): a file already described is not walked again, even after its
+handle was evicted, until it changes on disk.
+
+Notes
+-----
+Descriptions are immutable by convention (never mutate ``attrs``/``encoding``; copy
+them) and picklable. The cache is thread-safe.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import zict
+
+from xrdist.identity import FileIdentity
+
+#: Descriptions kept per process (they are small: names, shapes, attributes).
+DESCRIPTION_CACHE_SIZE = 8192
+
+
+@dataclass(frozen=True)
+class VariableDescription:
+    """One variable as stored: dims, shape, dtype, raw attributes and encoding."""
+
+    name: str
+    dims: tuple[str, ...]
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    attrs: dict[str, Any] = field(default_factory=dict)
+    encoding: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def chunks(self) -> tuple[int, ...] | None:
+        """On-disk chunk shape, or None when contiguous or unknown."""
+        return self.encoding.get("chunksizes")
+
+
+@dataclass(frozen=True)
+class FileDescription:
+    """One file (or one group of it) as stored."""
+
+    path: str
+    identity: FileIdentity
+    library: str
+    group: str | None
+    file_format: str
+    dims: dict[str, int]
+    unlimited_dims: frozenset[str]
+    attrs: dict[str, Any]
+    variables: dict[str, VariableDescription]
+    groups: tuple[str, ...] = ()
+
+
+_cache: zict.LRU[tuple[Any, ...], FileDescription] = zict.LRU(DESCRIPTION_CACHE_SIZE, {})
+_cache_lock = threading.Lock()
+_walks = [0]
+
+
+def describe(
+    path: str,
+    library: str,
+    group: str | None,
+    walk: Callable[[], FileDescription],
+    identity: FileIdentity | None = None,
+) -> FileDescription:
+    """The cached description of ``path`` for ``library``/``group``, or ``walk()``'s.
+
+    ``walk`` opens (or leases) the file and walks it; it runs only when the file is not
+    described yet or changed on disk since (by :class:`FileIdentity`).
+    """
+    identity = identity or FileIdentity.of(path)
+    key = (path, identity, library, group)
+    with _cache_lock:
+        found = _cache.get(key)
+    if found is not None:
+        return found
+    description = walk()
+    with _cache_lock:
+        _walks[0] += 1
+        _cache[(path, description.identity, library, group)] = description
+    return description
+
+
+def description_cache_info() -> dict[str, int]:
+    """How many descriptions are cached and how many walks were made."""
+    with _cache_lock:
+        return {"cached": len(_cache), "walks": _walks[0]}
+
+
+def clear_descriptions() -> None:
+    """Forget every cached description (the next open walks the file again)."""
+    with _cache_lock:
+        _cache.clear()
