@@ -107,10 +107,19 @@ def test_acquire_context_closes_a_file_it_opened_on_error(make_h5, use_injected,
     manager = CachingFileManager(opener, path, cache=cache)
     with pytest.raises(ValueError), manager.acquire_context():
         raise ValueError("reader failed")
-    if use_injected:  # xarray's rule: a file opened for the failed block is closed
-        assert not cache and not opener.opened[0].id.valid
-    manager.close()
+    # xarray's rule, in both modes: a file opened for the failed block is closed
     assert not opener.opened[0].id.valid
+    if use_injected:
+        assert not cache
+    else:
+        assert xrdist.cache_info().open_now == 0 or not manager._is_open()
+    with manager.acquire_context() as f:  # a cached file stays open after a failed block
+        pass
+    with pytest.raises(ValueError), manager.acquire_context():
+        raise ValueError("reader failed again")
+    assert f.id.valid
+    manager.close()
+    assert not f.id.valid
 
 
 @pytest.mark.parametrize("use_injected", [True, False], ids=["injected", "global"])

@@ -299,6 +299,8 @@ def test_weight_bound_evicts_by_cost(make_h5, no_leaks):
             pass
     info = manager.info()
     assert (info.open_now, info.weight_now) == (2, 20)
+    manager.resize(maxsize=50)  # changing the count bound keeps the weight bound
+    assert manager.info().maxweight == 25
     manager.clear()
     assert manager.info().weight_now == 0
 

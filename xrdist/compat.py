@@ -8,6 +8,8 @@ import. What differs, on purpose:
   ``cache=`` mapping is injected, which then holds the open files exactly as in xarray).
 * ``acquire_context`` holds a real lease for the whole ``with`` block: the file cannot
   be closed by eviction while the block runs.
+* Opening and closing hold the library lock of the opener's library (netCDF4, h5py,
+  h5netcdf, rasterio; see :func:`xrdist.locks.library_lock_for`).
 * The default ``lock`` is the per-file lock of :mod:`xrdist.locks` when the first
   argument is a local path (one lock per file, whatever the mode), else a private
   ``threading.Lock`` as in xarray. It is used around acquire and close.
@@ -31,7 +33,7 @@ from collections.abc import Callable, Hashable, Iterator, MutableMapping
 from dataclasses import replace
 from typing import Any
 
-from xrdist.locks import file_lock
+from xrdist.locks import file_lock, library_lock_for
 from xrdist.manager import OMIT, FileSpec, get_manager
 from xrdist.options import get_option
 
@@ -85,6 +87,7 @@ class CachingFileManager:
             mode=mode,
             manager_id=self._manager_id,
             path=path,
+            lock=library_lock_for(opener),  # held around open and close
         )
         self._key = self._spec.key
         self._ref_counts = REF_COUNTS if ref_counts is None else ref_counts
@@ -147,7 +150,12 @@ class CachingFileManager:
             self._opened()
         try:
             yield file
-        finally:
+        except Exception:
+            lease.__exit__(None, None, None)
+            if lease.opened:  # xarray's rule: a file opened for a failed block is closed
+                self.close(needs_lock)
+            raise
+        else:
             lease.__exit__(None, None, None)
 
     def close(self, needs_lock: bool = True) -> None:

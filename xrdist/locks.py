@@ -32,8 +32,9 @@ The ``netcdf-c`` lock is shared with xarray's ``netcdf4`` engine (it wraps xarra
 ``NETCDFC_LOCK``): both engines may run in one process, and netCDF-C must never be
 entered by two threads at once, whoever calls it.
 
-Order: a thread that needs both takes the file lock first, then the library lock.
-The handle manager's own lock is never held while any of these is taken.
+Order: lease first, then the file lock, then the library lock. Never enter a lease while
+holding a library lock: the lease may wait for another thread's open, which needs that
+lock. The handle manager's own lock is never held while any of these is taken.
 
 Notes
 -----
@@ -178,7 +179,8 @@ class NamedLock:
         self._held.pop()
 
     def locked(self) -> bool:
-        """True if some thread holds this lock (a snapshot, for tests and diagnostics)."""
+        """True if another thread holds this lock (a snapshot, for diagnostics). The
+        lock is re-entrant, so a thread holding it sees False."""
         lock = self._resolve()
         if lock.acquire(blocking=False):
             lock.release()
@@ -199,6 +201,15 @@ class NamedLock:
 def file_lock(path: str | os.PathLike[str]) -> NamedLock:
     """The lock of one file, whatever the mode it is opened in (keyed by canonical path)."""
     return NamedLock("file", canonical_path(path))
+
+
+def library_lock_for(opener: Any) -> NamedLock | None:
+    """The library lock to hold around ``opener`` and ``close`` of what it returns, for
+    the openers of the field's libraries (netCDF4, h5py, h5netcdf, rasterio); else None."""
+    package = getattr(opener, "__module__", "") or ""
+    root = package.split(".")[0]
+    name = {"netCDF4": NETCDF_C, "h5py": HDF5, "h5netcdf": HDF5, "rasterio": GDAL}.get(root)
+    return None if name is None else library_lock(name)
 
 
 def library_lock(name: str) -> NamedLock:

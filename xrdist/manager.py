@@ -152,17 +152,19 @@ class Lease:
     (``None`` when the spec names no path). A lease is used once, by one thread.
     """
 
-    __slots__ = ("_entry", "_manager", "_spec")
+    __slots__ = ("_entry", "_manager", "_spec", "opened")
 
     def __init__(self, manager: HandleManager, spec: FileSpec) -> None:
         self._manager = manager
         self._spec = spec
         self._entry: _Entry | None = None
+        #: True if entering this lease opened the file (a miss), False if it was cached.
+        self.opened = False
 
     def __enter__(self) -> Any:
         if self._entry is not None:
             raise RuntimeError("a Lease is entered once; call lease() again")
-        self._entry = self._manager._checkout(self._spec)
+        self._entry, self.opened = self._manager._checkout(self._spec)
         return self._entry.handle
 
     def __exit__(self, *exc: object) -> None:
@@ -222,7 +224,7 @@ class HandleManager:
     def acquire(self, spec: FileSpec) -> Any:
         """The open handle of ``spec`` without a lease: it may be closed by eviction at
         any time after this returns (xarray's ``acquire`` semantics). Prefer ``lease``."""
-        entry = self._checkout(spec)
+        entry, _ = self._checkout(spec)
         self._checkin(entry)
         return entry.handle
 
@@ -249,14 +251,16 @@ class HandleManager:
             doomed = self._take_doomed()
         self._close_all(doomed, raise_errors=False)
 
-    def resize(self, maxsize: int | None = None, maxweight: int | None = None) -> None:
-        """Change the bounds; idle handles over the new bound are closed now."""
+    def resize(self, maxsize: int | None = None, maxweight: int | str | None = "keep") -> None:
+        """Change the bounds (``maxweight=None`` removes the weight bound; leaving it out
+        keeps it); idle handles over the new bound are closed now."""
         self._check_pid()
         with self._lock:
             if maxsize is not None:
                 self._maxsize = maxsize
                 self._idle.n = maxsize
-            self._maxweight = maxweight
+            if maxweight != "keep":
+                self._maxweight = maxweight  # type: ignore[assignment]
             self._enforce_bounds()
             doomed = self._take_doomed()
         self._close_all(doomed, raise_errors=False)
@@ -300,7 +304,8 @@ class HandleManager:
 
     # -- leases ----------------------------------------------------------------------
 
-    def _checkout(self, spec: FileSpec) -> _Entry:
+    def _checkout(self, spec: FileSpec) -> tuple[_Entry, bool]:
+        """One more lease of ``spec``'s handle; True if this call opened the file."""
         self._check_pid()
         key = spec.key
         while True:
@@ -315,13 +320,13 @@ class HandleManager:
                 if self._is_fresh(entry):
                     with self._lock:
                         self._counts["hits"] += 1
-                    return entry
+                    return entry, False
                 continue  # stale: retired by _is_fresh; open it anew
             assert pending is not None
             if not owner:
                 pending.wait()
                 continue  # the owner opened it (or failed): look again
-            return self._open_as_owner(spec, pending)
+            return self._open_as_owner(spec, pending), True
 
     def _take(self, key: tuple[Any, ...]) -> _Entry | None:
         """Under the lock: the live entry of ``key`` with one more lease, or None."""
@@ -501,7 +506,14 @@ class HandleManager:
             self._forget()
 
     def _forget(self) -> None:
-        """In a forked child: drop (never close) the parent's handles and locks."""
+        """In a forked child: drop (never close) the parent's handles and locks.
+
+        The parent's handle objects are kept referenced for the child's lifetime, so
+        their finalizers never run here: a finalizer could flush or close a file the
+        parent still has open for writing.
+        """
+        entries = list(self._idle.values()) + list(self._leased.values())
+        _inherited.extend(entry.handle for entry in entries + list(self._retired))
         self._setup()
 
 
@@ -518,6 +530,8 @@ def _oserror_naming(err: OSError, spec: FileSpec) -> OSError:
 # -- the process-wide manager ----------------------------------------------------------
 
 _managers: weakref.WeakSet[HandleManager] = weakref.WeakSet()
+# Handles inherited through fork: referenced, never used or finalized (see _forget).
+_inherited: list[Any] = []
 _global_manager: HandleManager | None = None
 _global_lock = threading.Lock()
 
