@@ -232,7 +232,8 @@ def test_pickled_dataset_holds_no_data_and_reads_elsewhere(tmp_path):
 
 def test_metadata_is_not_walked_again_after_eviction(tmp_path, global_cache):
     path = tmp_path / "a.nc"
-    xr.Dataset({"v": ("x", [1, 2, 3])}).to_netcdf(path)
+    big = np.arange(20_000)  # above the small-value threshold: read on demand
+    xr.Dataset({"v": ("x", big), "small": ("s", [1, 2, 3])}).to_netcdf(path)
     clear_descriptions()
     walks_before = description_cache_info()["walks"]
     xr.open_dataset(path, engine="xrdist").close()
@@ -240,20 +241,27 @@ def test_metadata_is_not_walked_again_after_eviction(tmp_path, global_cache):
     ds = xr.open_dataset(path, engine="xrdist")
     assert description_cache_info()["walks"] == walks_before + 1
     assert xrdist.cache_info().opens == 1  # the first walk; the reopen needed no open
-    np.testing.assert_array_equal(ds.v.values, [1, 2, 3])
+    np.testing.assert_array_equal(ds.small.values, [1, 2, 3])
+    assert xrdist.cache_info().opens == 1  # small values came with the description
+    np.testing.assert_array_equal(ds.v.values, big)
     assert xrdist.cache_info().opens == 2  # reading data opens the file again
 
 
 def test_file_replaced_after_open_is_an_error_not_wrong_data(tmp_path, global_cache):
+    """Data read on demand from a file replaced since the open: an error naming it.
+    Small values (read with the description) stay the values the file had at open."""
     path = tmp_path / "a.nc"
-    xr.Dataset({"v": ("x", [1, 2, 3])}).to_netcdf(path)
+    xr.Dataset({"v": ("x", np.arange(20_000)), "s": ("n", [1, 2, 3])}).to_netcdf(path)
     ds = xr.open_dataset(path, engine="xrdist")
     other = tmp_path / "b.nc"
-    xr.Dataset({"v": ("x", [7, 8, 9])}).to_netcdf(other)
+    xr.Dataset({"v": ("x", -np.arange(20_000)), "s": ("n", [7, 8, 9])}).to_netcdf(other)
     os.replace(other, path)
     with pytest.raises(OSError, match="was replaced by another file after it was opened"):
         ds.v.values  # noqa: B018
-    np.testing.assert_array_equal(xr.open_dataset(path, engine="xrdist").v.values, [7, 8, 9])
+    np.testing.assert_array_equal(ds.s.values, [1, 2, 3])
+    reopened = xr.open_dataset(path, engine="xrdist")
+    np.testing.assert_array_equal(reopened.s.values, [7, 8, 9])
+    np.testing.assert_array_equal(reopened.v.values, -np.arange(20_000))
 
 
 @pytest.mark.parametrize(

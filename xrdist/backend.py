@@ -95,6 +95,11 @@ def raw_variables(description: FileDescription) -> dict[str, Variable]:
     proxy = fmt.proxy(description.path)
     variables = {}
     for name, var in description.variables.items():
+        if var.values is not None:  # small: read during the walk
+            variables[name] = Variable(
+                var.dims, var.values.copy(), dict(var.attrs), dict(var.encoding)
+            )
+            continue
         array = FileArray(
             proxy,
             description.library,

@@ -30,6 +30,11 @@ from xrdist.identity import FileIdentity
 #: Descriptions kept per process (they are small: names, shapes, attributes).
 DESCRIPTION_CACHE_SIZE = 8192
 
+#: Variables up to this many bytes have their raw values read during the walk (the
+#: coordinates, bounds and scalars), so that indexes, stacking checks and the
+#: concatenated coordinates of a multi-file stack never reopen the file.
+SMALL_VARIABLE_BYTES = 64 * 1024
+
 
 @dataclass(frozen=True)
 class VariableDescription:
@@ -41,6 +46,12 @@ class VariableDescription:
     dtype: np.dtype
     attrs: dict[str, Any] = field(default_factory=dict)
     encoding: dict[str, Any] = field(default_factory=dict)
+    #: Raw (undecoded) values of a small variable, read during the walk; else None.
+    values: np.ndarray | None = field(default=None, compare=False)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
     @property
     def chunks(self) -> tuple[int, ...] | None:

@@ -23,7 +23,7 @@ import netCDF4
 import numpy as np
 from xarray.coding.strings import create_vlen_dtype
 
-from xrdist.description import FileDescription, VariableDescription
+from xrdist.description import SMALL_VARIABLE_BYTES, FileDescription, VariableDescription
 from xrdist.identity import FileIdentity
 from xrdist.locks import NETCDF_C, library_lock
 from xrdist.proxy import HandleProxy
@@ -90,7 +90,7 @@ def _variable(name: str, var: netCDF4.Variable, path: str) -> VariableDescriptio
         encoding["least_significant_digit"] = attrs.pop("least_significant_digit")
     encoding["source"] = path
     encoding["original_shape"] = tuple(var.shape)
-    return VariableDescription(
+    described = VariableDescription(
         name=name,
         dims=tuple(var.dimensions),
         shape=tuple(var.shape),
@@ -98,6 +98,11 @@ def _variable(name: str, var: netCDF4.Variable, path: str) -> VariableDescriptio
         attrs=attrs,
         encoding=encoding,
     )
+    if dtype.kind != "O" and described.nbytes <= SMALL_VARIABLE_BYTES:
+        values = np.asarray(var[...])
+        values.flags.writeable = False
+        return VariableDescription(**{**described.__dict__, "values": values})
+    return described
 
 
 def walk(
