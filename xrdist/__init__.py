@@ -3,6 +3,8 @@ bounded memory, on a laptop or a dask.distributed cluster.
 
 Public names
 ------------
+open_mfdataset, plan
+    Many files as one dataset, each output chunk read straight from the files; the plan.
 set_options, get_options
     Process-wide options (handle-cache size, ...).
 cache_info, reset_cache_info, clear_cache, get_manager
@@ -29,12 +31,16 @@ from xrdist.manager import (
     get_manager,
     reset_cache_info,
 )
+from xrdist.mfdataset import open_mfdataset, plan
 from xrdist.options import get_options, set_options
+from xrdist.plan import AmplificationWarning, Plan
 from xrdist.proxy import HandleProxy
+from xrdist.scan import StackError
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "AmplificationWarning",
     "CacheInfo",
     "CachingFileManager",
     "FileIdentity",
@@ -42,12 +48,16 @@ __all__ = [
     "HandleManager",
     "HandleProxy",
     "NamedLock",
+    "Plan",
+    "StackError",
     "cache_info",
     "clear_cache",
     "file_lock",
     "get_manager",
     "get_options",
     "library_lock",
+    "open_mfdataset",
+    "plan",
     "reset_cache_info",
     "set_options",
 ]

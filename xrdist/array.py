@@ -1,19 +1,23 @@
-"""Lazily indexed arrays over one variable of one file.
+"""Lazily indexed arrays over one variable of one file, or of a stack of files.
 
-:class:`FileArray` is the ``BackendArray`` of the xrdist engine. Indexing reads only the
-requested window: each read leases the file's handle from the process's handle manager
-for the whole of the read and takes the locks its format needs.
+:class:`FileArray` (one file) and :class:`StackArray` (files that follow each other along
+one axis) are the ``BackendArray`` objects of xrdist. Indexing reads only the requested
+window: each file read leases the file's handle from the process's handle manager for the
+whole of the read, takes the locks its format needs, and refuses to read a file that
+changed on disk since it was described.
 
 Notes
 -----
-Thread-safe: any number of threads may index one array at once. Picklable: it holds a
-:class:`~xrdist.proxy.HandleProxy` and the variable's name, shape and dtype, never a
-handle or data (a few hundred bytes); unpickled in another process it reads through that
-process's cache.
+Thread-safe: any number of threads may index one array at once. Picklable: they hold
+:class:`~xrdist.proxy.HandleProxy` objects and the variable's name, shape and dtype,
+never a handle or data; unpickled in another process they read through that process's
+cache.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -27,6 +31,32 @@ from xrdist.proxy import HandleProxy
 
 class FileChangedError(OSError):
     """The file changed on disk after it was opened: its description no longer holds."""
+
+
+def read_window(
+    proxy: HandleProxy,
+    library: str,
+    group: str | None,
+    name: str,
+    identity: FileIdentity,
+    key: tuple[Any, ...],
+) -> np.ndarray:
+    """``name[key]`` (outer indexing) from one file, under a lease; raises
+    :class:`FileChangedError` if the file is not the one that was described."""
+    lease = proxy.lease()
+    with lease as handle:
+        if lease.identity is not None and lease.identity != identity:
+            raise FileChangedError(
+                f"{proxy.path!r} {identity.describe_change(lease.identity)} after it was "
+                f"opened; variable {name!r} cannot be read from it safely. Open the "
+                "dataset again."
+            )
+        try:
+            return np.asarray(get_format(library).read(handle, group, name, key))
+        except IndexError as err:
+            raise IndexError(
+                f"cannot index variable {name!r} of {proxy.path!r} with {key!r}: {err}"
+            ) from err
 
 
 class FileArray(BackendArray):
@@ -58,21 +88,10 @@ class FileArray(BackendArray):
         )
 
     def _read(self, key: tuple[Any, ...]) -> np.ndarray:
-        lease = self.proxy.lease()
-        with lease as handle:
-            if lease.identity is not None and lease.identity != self.identity:
-                raise FileChangedError(
-                    f"{self.proxy.path!r} {self.identity.describe_change(lease.identity)} "
-                    f"after it was opened; variable {self.name!r} cannot be read from it "
-                    "safely. Open the dataset again."
-                )
-            try:
-                return get_format(self.library).read(handle, self.group, self.name, key)
-            except IndexError as err:
-                raise IndexError(
-                    f"cannot index variable {self.name!r} of {self.proxy.path!r} with "
-                    f"{key!r}: {err}"
-                ) from err
+        return read_window(self.proxy, self.library, self.group, self.name, self.identity, key)
+
+    def __dask_tokenize__(self) -> tuple[Any, ...]:
+        return ("FileArray", self.proxy.path, self.identity, self.library, self.group, self.name)
 
     def __getstate__(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -83,3 +102,133 @@ class FileArray(BackendArray):
 
     def __repr__(self) -> str:
         return f"FileArray({self.proxy.path!r}, {self.name!r}, shape={self.shape})"
+
+
+# Successive reads of a stack alternate the direction in which they visit its files, so
+# a read starts with the files the previous one used last, still in the handle cache.
+_direction = itertools.count()
+
+
+def _axis_length(key: Any, n: int) -> int | None:
+    """Length of an outer-indexing key along an axis of length ``n`` (None: dropped)."""
+    if isinstance(key, slice):
+        return len(range(*key.indices(n)))
+    if isinstance(key, int | np.integer):
+        return None
+    return len(key)
+
+
+def _local_key(local: np.ndarray) -> slice | np.ndarray:
+    """A slice when the local indices are a regular increasing run, else the array."""
+    if len(local) == 1:
+        return slice(int(local[0]), int(local[0]) + 1)
+    step = int(local[1] - local[0])
+    if step > 0 and np.all(np.diff(local) == step):
+        return slice(int(local[0]), int(local[-1]) + 1, step)
+    return local
+
+
+class StackArray(BackendArray):
+    """One variable over files that follow each other along ``concat_axis``.
+
+    ``starts`` are the files' first positions along that axis (plus the total at the end).
+    If ``in_files`` is False the files do not have the axis: each file's variable is
+    repeated along its extent (xarray's ``data_vars="all"`` concatenation).
+    """
+
+    __slots__ = (
+        "concat_axis",
+        "dtype",
+        "group",
+        "identities",
+        "in_files",
+        "library",
+        "name",
+        "proxies",
+        "shape",
+        "starts",
+    )
+
+    def __init__(
+        self,
+        proxies: Sequence[HandleProxy],
+        identities: Sequence[FileIdentity],
+        library: str,
+        group: str | None,
+        name: str,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        concat_axis: int,
+        starts: Sequence[int],
+        in_files: bool = True,
+    ) -> None:
+        self.proxies = tuple(proxies)
+        self.identities = tuple(identities)
+        self.library = library
+        self.group = group
+        self.name = name
+        self.shape = shape
+        self.dtype = dtype
+        self.concat_axis = concat_axis
+        self.starts = np.asarray(starts, dtype=np.int64)
+        self.in_files = in_files
+
+    def __getitem__(self, key: indexing.ExplicitIndexer) -> Any:
+        return indexing.explicit_indexing_adapter(
+            key, self.shape, indexing.IndexingSupport.OUTER, self._read
+        )
+
+    def _read(self, key: tuple[Any, ...]) -> np.ndarray:
+        axis = self.concat_axis
+        along = key[axis]
+        dropped = isinstance(along, int | np.integer)
+        positions = np.arange(self.shape[axis])[along]
+        positions = np.atleast_1d(positions)
+        lengths = [_axis_length(k, n) for k, n in zip(key, self.shape, strict=True)]
+        lengths[axis] = len(positions)
+        out = np.empty([n for n in lengths if n is not None], dtype=self.dtype)
+        out_axis = sum(1 for n in lengths[:axis] if n is not None)
+        files = np.searchsorted(self.starts, positions, side="right") - 1
+        runs = np.flatnonzero(np.diff(files)) + 1
+        bounds = list(zip(np.r_[0, runs], np.r_[runs, len(files)], strict=True))
+        if next(_direction) % 2:
+            bounds.reverse()
+        for lo, hi in bounds:
+            f = int(files[lo])
+            where: list[Any] = [slice(None)] * out.ndim
+            where[out_axis] = slice(lo, hi)
+            if self.in_files:
+                local = _local_key(positions[lo:hi] - self.starts[f])
+                file_key = (*key[:axis], local, *key[axis + 1 :])
+                out[tuple(where)] = self._read_file(f, file_key)
+            else:
+                file_key = (*key[:axis], *key[axis + 1 :])
+                out[tuple(where)] = np.expand_dims(self._read_file(f, file_key), out_axis)
+        return out.squeeze(axis=out_axis) if dropped else out
+
+    def _read_file(self, f: int, key: tuple[Any, ...]) -> np.ndarray:
+        return read_window(
+            self.proxies[f], self.library, self.group, self.name, self.identities[f], key
+        )
+
+    def __dask_tokenize__(self) -> tuple[Any, ...]:
+        return (
+            "StackArray",
+            tuple(p.path for p in self.proxies),
+            self.identities,
+            self.library,
+            self.group,
+            self.name,
+            self.concat_axis,
+            self.in_files,
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
+
+    def __repr__(self) -> str:
+        return f"StackArray({self.name!r}, {len(self.proxies)} files, shape={self.shape})"

@@ -15,6 +15,7 @@ are picklable without data or handles.
 
 from __future__ import annotations
 
+import glob
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -118,8 +119,10 @@ def raw_variables(description: FileDescription) -> dict[str, Variable]:
     return variables
 
 
-def dataset_from_description(
-    description: FileDescription,
+def decode_dataset(
+    variables: dict[str, Variable],
+    attrs: dict[str, Any],
+    encoding: dict[str, Any],
     *,
     mask_and_scale: bool = True,
     decode_times: Any = True,
@@ -128,11 +131,16 @@ def dataset_from_description(
     drop_variables: str | Iterable[str] | None = None,
     use_cftime: bool | None = None,
     decode_timedelta: Any = None,
+    replace: dict[str, Any] | None = None,
 ) -> Dataset:
-    """Decode a description into a lazy Dataset, exactly as xarray decodes a store."""
-    variables, attrs, coord_names = conventions.decode_cf_variables(
-        raw_variables(description),
-        dict(description.attrs),
+    """Decode raw variables into a lazy Dataset, exactly as xarray decodes a store.
+
+    ``replace`` maps names to already decoded data that takes the place of the decoded
+    variable's data (same attributes and encoding), for variables decoded file by file.
+    """
+    decoded, attrs, coord_names = conventions.decode_cf_variables(
+        variables,
+        dict(attrs),
         mask_and_scale=mask_and_scale,
         decode_times=decode_times,
         concat_characters=concat_characters,
@@ -141,15 +149,25 @@ def dataset_from_description(
         use_cftime=use_cftime,
         decode_timedelta=decode_timedelta,
     )
+    for name, data in (replace or {}).items():
+        if name in decoded:
+            var = decoded[name]
+            decoded[name] = Variable(data.dims, data.data, var.attrs, var.encoding)
     data_vars, coord_vars = {}, {}
-    for name, var in variables.items():
+    for name, var in decoded.items():
         if name in coord_names or var.dims == (name,):
             coord_vars[name] = var
         else:
             data_vars[name] = var
     ds = Dataset(data_vars, coords=Coordinates(coord_vars, indexes={}), attrs=attrs)
-    ds.encoding = {"unlimited_dims": set(description.unlimited_dims), "source": description.path}
+    ds.encoding = encoding
     return ds
+
+
+def dataset_from_description(description: FileDescription, **decode: Any) -> Dataset:
+    """Decode one described file into a lazy Dataset."""
+    encoding = {"unlimited_dims": set(description.unlimited_dims), "source": description.path}
+    return decode_dataset(raw_variables(description), description.attrs, encoding, **decode)
 
 
 class XrdistBackendEntrypoint(BackendEntrypoint):
@@ -172,9 +190,14 @@ class XrdistBackendEntrypoint(BackendEntrypoint):
         "decode_timedelta",
         "group",
         "library",
+        "concat_dim",
+        "combine",
+        "data_vars",
     )
 
     def guess_can_open(self, filename_or_obj: Any) -> bool:
+        if isinstance(filename_or_obj, list | tuple):
+            return bool(filename_or_obj) and all(map(self.guess_can_open, filename_or_obj))
         if not isinstance(filename_or_obj, str | os.PathLike):
             return False
         path = os.fspath(filename_or_obj)
@@ -200,26 +223,46 @@ class XrdistBackendEntrypoint(BackendEntrypoint):
         decode_timedelta: Any = None,
         group: str | None = None,
         library: str = DEFAULT_LIBRARY,
+        concat_dim: str | None = None,
+        combine: str = "by_coords",
+        data_vars: str = "all",
     ) -> Dataset:
-        if not isinstance(filename_or_obj, str | os.PathLike):
-            raise TypeError(
-                f"engine='xrdist' opens local files by path; got {type(filename_or_obj)}"
-            )
+        """One file, or (a list or glob pattern) a stack of files as ``open_mfdataset``
+        would open it; ``concat_dim``, ``combine`` and ``data_vars`` apply to stacks."""
+        decode = {
+            "mask_and_scale": mask_and_scale,
+            "decode_times": decode_times,
+            "concat_characters": concat_characters,
+            "decode_coords": decode_coords,
+            "drop_variables": drop_variables,
+            "use_cftime": use_cftime,
+            "decode_timedelta": decode_timedelta,
+        }
         if library not in FORMATS:
             raise ValueError(
                 f"library={library!r} is not supported; choose one of {sorted(FORMATS)}"
             )
+        is_glob = isinstance(filename_or_obj, str) and glob.has_magic(filename_or_obj)
+        if isinstance(filename_or_obj, list | tuple) or is_glob:
+            from xrdist.mfdataset import stack_dataset
+            from xrdist.scan import scan
+
+            stack = scan(
+                filename_or_obj,
+                library=library,
+                group=group,
+                concat_dim=concat_dim,
+                combine=combine,
+                decode_times=decode_times,
+                use_cftime=use_cftime,
+            )
+            return stack_dataset(stack, data_vars=data_vars, **decode)
+        if not isinstance(filename_or_obj, str | os.PathLike):
+            raise TypeError(
+                "engine='xrdist' opens local files by path, a list of paths or a glob "
+                f"pattern; got {type(filename_or_obj)}"
+            )
         path = canonical_path(filename_or_obj)
-        description = describe_file(path, library, group)
-        ds = dataset_from_description(
-            description,
-            mask_and_scale=mask_and_scale,
-            decode_times=decode_times,
-            concat_characters=concat_characters,
-            decode_coords=decode_coords,
-            drop_variables=drop_variables,
-            use_cftime=use_cftime,
-            decode_timedelta=decode_timedelta,
-        )
+        ds = dataset_from_description(describe_file(path, library, group), **decode)
         ds.set_close(get_format(library).proxy(path).close)
         return ds

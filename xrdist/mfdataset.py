@@ -1,0 +1,423 @@
+"""``xrdist.open_mfdataset``: many files as one dataset, read in the chunks you ask for.
+
+The pipeline: :func:`~xrdist.scan.scan` (describe and validate) -> :func:`stack_dataset`
+(one lazy :class:`~xrdist.array.StackArray` per stacked variable, decoded by xarray's own
+CF decoders) -> :func:`~xrdist.plan.plan_variable` per variable -> chunking. Because each
+stacked variable is *one* lazy array over all files, chunking it gives one dask task per
+output chunk, and each task reads its window straight from every file it spans. Where
+the requested chunks would decode far more than they need, the plan reads on-disk-aligned
+chunks and rechunks (dask's P2P rechunk on a distributed cluster).
+
+Results are identical to ``xr.open_mfdataset(paths, ...).chunk(chunks)`` with xarray's
+default ``data_vars="all"`` and ``coords="different"`` for files that stack exactly
+(same variables and grids; see :mod:`xrdist.scan` for what is checked).
+
+Notes
+-----
+Thread-safe. The datasets returned pickle without data or handles.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import dask
+import numpy as np
+import psutil
+from xarray import Coordinates, Dataset, Variable, conventions
+
+from xrdist.array import FileArray, StackArray
+from xrdist.backend import DEFAULT_LIBRARY, decode_dataset
+from xrdist.formats import get_format
+from xrdist.plan import (
+    DEFAULT_AMPLIFICATION_THRESHOLD,
+    AmplificationWarning,
+    Layout,
+    Plan,
+    VariablePlan,
+    format_bytes,
+    plan_variable,
+)
+from xrdist.scan import Stack, _active_client, coordinate_names, scan
+
+#: Upper bound of the default memory budget per task.
+MAX_DEFAULT_MAX_MEM = 1024**3
+
+DECODE_OPTIONS = (
+    "mask_and_scale",
+    "decode_times",
+    "concat_characters",
+    "decode_coords",
+    "drop_variables",
+    "use_cftime",
+    "decode_timedelta",
+)
+
+
+def _decode_per_file(
+    stack: Stack, names: list[str], decode: Mapping[str, Any]
+) -> dict[str, Variable]:
+    """Small variables along the stack, decoded in each file (their units may differ
+    from file to file) and concatenated."""
+    if not names:
+        return {}
+    pieces: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    dims: dict[str, tuple[str, ...]] = {}
+    options = {k: v for k, v in decode.items() if k != "drop_variables"}
+    options["decode_coords"] = False
+    for description in stack.descriptions:
+        raw = {
+            name: Variable(v.dims, v.values, dict(v.attrs), dict(v.encoding))
+            for name in names
+            for v in [description.variables[name]]
+        }
+        decoded, _, _ = conventions.decode_cf_variables(raw, {}, **options)
+        for name in names:
+            dims[name] = decoded[name].dims
+            pieces[name].append(np.asarray(decoded[name].values))
+    out = {}
+    for name in names:
+        axis = dims[name].index(stack.concat_dim)
+        out[name] = Variable(dims[name], np.concatenate(pieces[name], axis=axis))
+    return out
+
+
+def stack_dataset(stack: Stack, *, data_vars: str = "all", **decode: Any) -> Dataset:
+    """The lazy, decoded dataset of a validated stack (no dask)."""
+    if data_vars not in ("all", "minimal"):
+        raise ValueError(f"data_vars must be 'all' or 'minimal', not {data_vars!r}")
+    first, dim = stack.first, stack.concat_dim
+    fmt = get_format(stack.library)
+    proxies = [fmt.proxy(p) for p in stack.paths]
+    identities = [d.identity for d in stack.descriptions]
+    starts, total = stack.starts, stack.starts[-1]
+    coords = coordinate_names(first)
+    per_file = sorted(stack.per_file)
+    raw: dict[str, Variable] = {}
+    for name, var in first.variables.items():
+        attrs, encoding = dict(var.attrs), dict(var.encoding)
+        if dim in var.dims:
+            if name in stack.per_file:
+                raw[name] = Variable(var.dims, var.values.copy(), attrs, encoding)
+                continue
+            axis = var.dims.index(dim)
+            shape = (*var.shape[:axis], total, *var.shape[axis + 1 :])
+            array = StackArray(
+                proxies,
+                identities,
+                stack.library,
+                stack.group,
+                name,
+                shape,
+                var.dtype,
+                axis,
+                starts,
+            )
+            raw[name] = Variable(var.dims, _lazy(array), attrs, encoding)
+        elif data_vars == "all" and name not in coords:
+            dims, shape = (dim, *var.dims), (total, *var.shape)
+            if var.values is not None:
+                data: Any = np.broadcast_to(var.values, shape)
+            else:
+                data = _lazy(
+                    StackArray(
+                        proxies,
+                        identities,
+                        stack.library,
+                        stack.group,
+                        name,
+                        shape,
+                        var.dtype,
+                        0,
+                        starts,
+                        in_files=False,
+                    )
+                )
+            raw[name] = Variable(dims, data, attrs, encoding)
+        elif var.values is not None:
+            raw[name] = Variable(var.dims, var.values.copy(), attrs, encoding)
+        else:
+            array = FileArray(
+                proxies[0],
+                stack.library,
+                stack.group,
+                name,
+                var.shape,
+                var.dtype,
+                first.identity,
+            )
+            raw[name] = Variable(var.dims, _lazy(array), attrs, encoding)
+    replace = _decode_per_file(stack, per_file, decode)
+    # Placeholders of the right length for the variables decoded file by file.
+    for name in per_file:
+        raw[name] = Variable(
+            raw[name].dims,
+            _placeholder(raw[name], replace[name]),
+            raw[name].attrs,
+            raw[name].encoding,
+        )
+    encoding = {"unlimited_dims": set(first.unlimited_dims), "source": first.path}
+    ds = decode_dataset(raw, first.attrs, encoding, replace=replace, **decode)
+    # Default indexes of dimension coordinates, as xarray's open functions create them.
+    dimension_coords = {n: c.variable for n, c in ds.coords.items() if c.dims == (n,)}
+    return ds.assign_coords(Coordinates(dimension_coords)) if dimension_coords else ds
+
+
+def _lazy(array: Any) -> Any:
+    from xarray.core import indexing
+
+    return indexing.LazilyIndexedArray(array)
+
+
+def _placeholder(raw: Variable, decoded: Variable) -> np.ndarray:
+    """Raw-typed values of the decoded variable's shape (decoding needs the shape; the
+    values are replaced by the per-file decoded ones)."""
+    reps = [
+        decoded.shape[i] // max(1, raw.shape[i]) if raw.shape[i] else 1 for i in range(raw.ndim)
+    ]
+    tiled = np.tile(raw.values, reps) if raw.size else np.empty(decoded.shape, raw.dtype)
+    return tiled[tuple(slice(0, n) for n in decoded.shape)]
+
+
+# -- planning ---------------------------------------------------------------------------
+
+
+def default_max_mem() -> int:
+    """Memory per task: a quarter of the memory per thread (of the smallest worker on a
+    distributed cluster), at most 1 GiB."""
+    client = _active_client()
+    if client is not None:
+        workers = client.scheduler_info().get("workers", {}).values()
+        per_thread = [
+            w["memory_limit"] / max(1, w["nthreads"]) for w in workers if w.get("memory_limit")
+        ]
+        if per_thread:
+            return int(min(min(per_thread) / 4, MAX_DEFAULT_MAX_MEM))
+    total = psutil.virtual_memory().total
+    return int(min(total / max(1, os.cpu_count() or 1) / 4, MAX_DEFAULT_MAX_MEM))
+
+
+def _total_threads() -> int:
+    client = _active_client()
+    if client is not None:
+        workers = client.scheduler_info().get("workers", {}).values()
+        return max(1, sum(w.get("nthreads", 1) for w in workers))
+    return os.cpu_count() or 1
+
+
+def layout_of(stack: Stack, ds: Dataset, name: str) -> Layout:
+    """The planner's view of one variable of the stacked dataset."""
+    var = ds.variables[name]
+    described = stack.first.variables.get(name)
+    itemsize = described.dtype.itemsize if described is not None else var.dtype.itemsize
+    decoded_itemsize = var.dtype.itemsize if var.dtype.kind != "O" else 8
+    disk = described.chunks if described is not None else None
+    concat_axis = var.dims.index(stack.concat_dim) if stack.concat_dim in var.dims else None
+    file_lengths: tuple[int, ...] = ()
+    if disk is not None and described is not None and described.dims != var.dims:
+        disk = (1, *disk)  # repeated along the stack: one "chunk" per file
+    if concat_axis is not None:
+        file_lengths = stack.file_lengths
+    compression = None
+    if described is not None:
+        enc = described.encoding
+        codecs = ("zlib", "zstd", "blosc", "bzip2", "szip")
+        compression = next((k for k in codecs if enc.get(k)), None)
+    return Layout(
+        name=name,
+        dims=var.dims,
+        shape=var.shape,
+        itemsize=max(1, itemsize),
+        decoded_itemsize=max(1, decoded_itemsize),
+        disk_chunks=tuple(disk) if disk is not None and len(disk) == var.ndim else None,
+        concat_axis=concat_axis,
+        file_lengths=file_lengths,
+        compression=compression,
+    )
+
+
+def _chunk_request(chunks: Any, dims: tuple[str, ...]) -> Mapping[str, Any] | str:
+    if chunks == "auto":
+        return "auto"
+    if isinstance(chunks, int):
+        return dict.fromkeys(dims, chunks)
+    if isinstance(chunks, Mapping):
+        return {d: c for d, c in chunks.items() if d in dims}
+    raise TypeError(f"chunks must be a mapping, an int or 'auto', not {chunks!r}")
+
+
+def plan_dataset(
+    stack: Stack,
+    ds: Dataset,
+    chunks: Any,
+    *,
+    max_mem: int | None = None,
+    strategy: str = "auto",
+    threshold: float = DEFAULT_AMPLIFICATION_THRESHOLD,
+) -> Plan:
+    """Plan every variable that will be chunked (all but indexes)."""
+    max_mem = max_mem or default_max_mem()
+    distributed = _active_client() is not None
+    min_tasks = 2 * _total_threads()
+    plans: dict[str, VariablePlan] = {}
+    for name, var in ds.variables.items():
+        if name in ds.indexes or var.dims == (name,) or var.ndim == 0:
+            continue
+        layout = layout_of(stack, ds, name)
+        request = _chunk_request(chunks, var.dims)
+        plans[name] = plan_variable(
+            layout,
+            request,
+            max_mem=max_mem,
+            strategy=strategy,
+            threshold=threshold,
+            distributed=distributed,
+            min_tasks=min_tasks,
+        )
+    return Plan(plans, len(stack.descriptions), max_mem, threshold)
+
+
+def _warn_amplification(plan: Plan) -> None:
+    for v in plan.variables.values():
+        if v.suggestion:
+            warnings.warn(
+                f"{v.name}: the requested chunks {v.chunk_sizes()} cut its on-disk chunks: "
+                f"reading them directly decodes {v.requested_amplification:.2f}x the bytes "
+                f"needed ({format_bytes(v.bytes_needed * v.requested_amplification)} for "
+                f"{format_bytes(v.bytes_needed)}). Aligned chunks: {v.suggestion}. "
+                + (
+                    "Reading aligned chunks and rechunking."
+                    if v.strategy == "rechunk"
+                    else "Reading directly as asked (strategy='direct')."
+                ),
+                AmplificationWarning,
+                stacklevel=4,
+            )
+
+
+def apply_plan(ds: Dataset, plan: Plan) -> Dataset:
+    """Chunk each planned variable as its plan says."""
+    out = ds.copy()
+    for name, v in plan.variables.items():
+        var = ds.variables[name]
+        chunked = var.chunk(dict(zip(v.dims, v.read_chunks, strict=True)))
+        if v.strategy == "rechunk":
+            with dask.config.set({"array.rechunk.method": v.rechunk_method}):
+                chunked = chunked.chunk(dict(zip(v.dims, v.chunks, strict=True)))
+        if name in out.coords:
+            out = out.assign_coords({name: chunked})
+        else:
+            out[name] = chunked
+    out.encoding = dict(ds.encoding, xrdist_plan=plan)
+    return out
+
+
+# -- the public functions ---------------------------------------------------------------
+
+
+def open_mfdataset(
+    paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    *,
+    chunks: Any = None,
+    concat_dim: str | None = None,
+    combine: str = "by_coords",
+    data_vars: str = "all",
+    parallel: bool = True,
+    max_mem: int | None = None,
+    strategy: str = "auto",
+    amplification_threshold: float = DEFAULT_AMPLIFICATION_THRESHOLD,
+    library: str = DEFAULT_LIBRARY,
+    group: str | None = None,
+    mask_and_scale: bool = True,
+    decode_times: Any = True,
+    concat_characters: bool = True,
+    decode_coords: Any = True,
+    drop_variables: str | Iterable[str] | None = None,
+    use_cftime: bool | None = None,
+    decode_timedelta: Any = None,
+) -> Dataset:
+    """Open many files as one dataset, each output chunk read straight from the files.
+
+    Parameters
+    ----------
+    paths : str, path or sequence of them
+        A glob pattern (matches sorted) or the files.
+    chunks : mapping, int, "auto" or None
+        Output chunks, e.g. ``{"time": -1, "y": 512, "x": 512}`` (``-1``: whole). ``"auto"``
+        lets the planner choose (the concatenation dimension whole, others whole
+        multiples of the on-disk chunks within ``max_mem``). ``None``: lazy, no dask.
+    concat_dim, combine : str
+        As in ``xr.open_mfdataset``: ``combine="by_coords"`` (default) orders the files by
+        the coordinate that differs between them; ``"nested"`` keeps the given order and
+        needs ``concat_dim``.
+    data_vars : {"all", "minimal"}
+        Whether data variables without ``concat_dim`` are repeated along it (xarray's
+        default, "all") or taken from the first file.
+    parallel : bool
+        Describe the files in threads, or on the workers of the active distributed client.
+    max_mem : int, optional
+        Memory budget per task in bytes (default: a quarter of the memory per thread, at
+        most 1 GiB).
+    strategy : {"auto", "direct", "rechunk"}
+        ``"auto"`` reads each output chunk directly unless that decodes more than
+        ``amplification_threshold`` times the bytes needed; then it reads on-disk-aligned
+        chunks and rechunks (P2P on a distributed cluster).
+    library, group, mask_and_scale, decode_times, ... :
+        As for ``xr.open_dataset(..., engine="xrdist")``.
+
+    Returns
+    -------
+    xarray.Dataset
+        With ``chunks``, ``ds.encoding["xrdist_plan"]`` holds the :class:`~xrdist.plan.Plan`.
+    """
+    decode = {
+        "mask_and_scale": mask_and_scale,
+        "decode_times": decode_times,
+        "concat_characters": concat_characters,
+        "decode_coords": decode_coords,
+        "drop_variables": drop_variables,
+        "use_cftime": use_cftime,
+        "decode_timedelta": decode_timedelta,
+    }
+    stack = scan(
+        paths,
+        library=library,
+        group=group,
+        concat_dim=concat_dim,
+        combine=combine,
+        parallel=parallel,
+        decode_times=decode_times,
+        use_cftime=use_cftime,
+    )
+    ds = stack_dataset(stack, data_vars=data_vars, **decode)
+    if chunks is None:
+        return ds
+    plan = plan_dataset(
+        stack, ds, chunks, max_mem=max_mem, strategy=strategy, threshold=amplification_threshold
+    )
+    _warn_amplification(plan)
+    return apply_plan(ds, plan)
+
+
+def plan(
+    paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    *,
+    chunks: Any = "auto",
+    concat_dim: str | None = None,
+    combine: str = "by_coords",
+    data_vars: str = "all",
+    max_mem: int | None = None,
+    strategy: str = "auto",
+    amplification_threshold: float = DEFAULT_AMPLIFICATION_THRESHOLD,
+    library: str = DEFAULT_LIBRARY,
+    group: str | None = None,
+) -> Plan:
+    """The read plan ``open_mfdataset`` would follow for ``chunks``, without opening."""
+    stack = scan(paths, library=library, group=group, concat_dim=concat_dim, combine=combine)
+    ds = stack_dataset(stack, data_vars=data_vars)
+    return plan_dataset(
+        stack, ds, chunks, max_mem=max_mem, strategy=strategy, threshold=amplification_threshold
+    )

@@ -1,0 +1,354 @@
+"""Describe many files at once and check that they stack.
+
+:func:`scan` describes every file (in threads, or on the workers of the active
+``distributed`` client, through the description cache of :mod:`xrdist.description`),
+decides the concatenation dimension and order, and validates that the files stack: the
+same variables with the same dimensions, dtypes, shapes along the other dimensions, the
+same attributes that decoding depends on, and the same small coordinate values. Each file
+is reduced to a hashable signature once; only a file whose signature differs from the
+first is examined in detail, for an error that names it and says what differs.
+
+Notes
+-----
+Thread-safe. A :class:`Stack` is immutable and picklable.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import itertools
+import os
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from xrdist.description import FileDescription, VariableDescription
+
+#: Attributes whose values change how the stored numbers decode: they must agree across
+#: the files of a stacked variable, or the result would be silently wrong.
+DECODING_ATTRS = (
+    "scale_factor",
+    "add_offset",
+    "_FillValue",
+    "missing_value",
+    "_Unsigned",
+    "units",
+    "calendar",
+    "dtype",
+    "valid_min",
+    "valid_max",
+    "valid_range",
+    "flag_values",
+)
+
+
+class StackError(ValueError):
+    """The files do not stack; the message names the first file that differs and how."""
+
+
+def coordinate_names(description: FileDescription) -> set[str]:
+    """Names xarray treats as coordinates: dimension coordinates, those listed in
+    ``coordinates`` attributes, and the ``bounds`` of those."""
+    names = set(str(description.attrs.get("coordinates", "")).split())
+    for name, var in description.variables.items():
+        if var.dims == (name,):
+            names.add(name)
+        names.update(str(var.attrs.get("coordinates", "")).split())
+    names.update(
+        str(description.variables[n].attrs["bounds"])
+        for n in list(names)
+        if n in description.variables and "bounds" in description.variables[n].attrs
+    )
+    return names
+
+
+def decoded_per_file(description: FileDescription, concat_dim: str) -> frozenset[str]:
+    """Small coordinates along the stack (times, their bounds): decoded in each file, since
+    their units may differ from file to file ("days since <file date>")."""
+    coords = coordinate_names(description)
+    return frozenset(
+        name
+        for name, v in description.variables.items()
+        if concat_dim in v.dims and v.values is not None and name in coords
+    )
+
+
+@dataclass(frozen=True)
+class Stack:
+    """Described files in stacking order, and the dimension they follow each other along."""
+
+    descriptions: tuple[FileDescription, ...]
+    concat_dim: str
+    library: str
+    group: str | None
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return tuple(d.path for d in self.descriptions)
+
+    @property
+    def first(self) -> FileDescription:
+        return self.descriptions[0]
+
+    @property
+    def per_file(self) -> frozenset[str]:
+        """Variables decoded file by file (see :func:`decoded_per_file`)."""
+        return decoded_per_file(self.first, self.concat_dim)
+
+    @property
+    def file_lengths(self) -> tuple[int, ...]:
+        """Each file's length along the concatenation dimension (1 if it lacks it)."""
+        return tuple(d.dims.get(self.concat_dim, 1) for d in self.descriptions)
+
+    @property
+    def starts(self) -> tuple[int, ...]:
+        """Each file's first position along the concatenation dimension, and the total."""
+        return tuple(np.concatenate([[0], np.cumsum(self.file_lengths)]).tolist())
+
+
+def expand_paths(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[str]:
+    """A glob pattern (sorted matches), one path, or a sequence of paths -> paths."""
+    if isinstance(paths, str | os.PathLike):
+        text = os.fspath(paths)
+        if glob.has_magic(text):
+            found = sorted(glob.glob(text))
+            if not found:
+                raise FileNotFoundError(f"no files match the pattern {text!r}")
+            return found
+        return [text]
+    found = [os.fspath(p) for p in paths]
+    if not found:
+        raise ValueError("no files given: pass a glob pattern or a non-empty list of paths")
+    return found
+
+
+def _active_client() -> Any:
+    try:
+        from distributed import default_client
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return None
+    try:
+        return default_client()
+    except ValueError:
+        return None
+
+
+def describe_all(
+    paths: Sequence[str], library: str, group: str | None, parallel: bool = True
+) -> list[FileDescription]:
+    """Descriptions of ``paths``, in order: on the active distributed client's workers if
+    there is one, else in a thread pool (``parallel``), else one after another."""
+    from xrdist.backend import describe_file
+    from xrdist.locks import canonical_path
+
+    canonical = [canonical_path(p) for p in paths]
+    client = _active_client() if parallel else None
+    if client is not None:
+        futures = client.map(describe_file, canonical, library=library, group=group)
+        return list(client.gather(futures))
+    if parallel and len(canonical) > 1:
+        with ThreadPoolExecutor(min(16, len(canonical))) as pool:
+            return list(pool.map(lambda p: describe_file(p, library, group), canonical))
+    return [describe_file(p, library, group) for p in canonical]
+
+
+def _digest(values: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(values).view(np.uint8).tobytes()).hexdigest()
+
+
+def _attr_key(value: Any) -> Any:
+    array = np.asarray(value)
+    if array.dtype.kind == "O":
+        return str(value)
+    return (array.dtype.str, array.shape, array.tobytes())
+
+
+def variable_signature(
+    var: VariableDescription, concat_dim: str, per_file: bool = False
+) -> tuple[Any, ...]:
+    """What must agree across files for ``var`` to stack: everything but the length along
+    the concatenation dimension, the values of variables along it, and the decoding
+    attributes of variables decoded file by file."""
+    along = concat_dim in var.dims
+    shape = tuple(n for d, n in zip(var.dims, var.shape, strict=True) if d != concat_dim)
+    attrs = (
+        ()
+        if per_file
+        else tuple((k, _attr_key(var.attrs[k])) for k in DECODING_ATTRS if k in var.attrs)
+    )
+    values = None if along or var.values is None else _digest(var.values)
+    return (var.name, var.dims, var.dtype.str, shape, attrs, values)
+
+
+def file_signature(
+    description: FileDescription, concat_dim: str, per_file: frozenset[str] = frozenset()
+) -> tuple[Any, ...]:
+    variables = tuple(
+        variable_signature(v, concat_dim, name in per_file)
+        for name, v in sorted(description.variables.items())
+    )
+    dims = tuple(sorted((d, n) for d, n in description.dims.items() if d != concat_dim))
+    return (dims, variables)
+
+
+def _difference(first: FileDescription, other: FileDescription, concat_dim: str) -> str:
+    """Words for the first thing that differs between two files' signatures."""
+    missing = sorted(set(first.variables) - set(other.variables))
+    extra = sorted(set(other.variables) - set(first.variables))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"lacks variables {missing}")
+        if extra:
+            parts.append(f"has extra variables {extra}")
+        return " and ".join(parts)
+    for name in sorted(first.variables):
+        a, b = first.variables[name], other.variables[name]
+        if a.dims != b.dims:
+            return f"variable {name!r} has dimensions {b.dims}, not {a.dims}"
+        if a.dtype != b.dtype:
+            return f"variable {name!r} has dtype {b.dtype}, not {a.dtype}"
+        per_file = name in decoded_per_file(first, concat_dim)
+        sa = variable_signature(a, concat_dim, per_file)
+        sb = variable_signature(b, concat_dim, per_file)
+        if sa[3] != sb[3]:
+            return (
+                f"variable {name!r} has shape {b.shape}, not {a.shape} (apart from {concat_dim!r})"
+            )
+        if sa[4] != sb[4]:
+            keys = [
+                k for k in DECODING_ATTRS if _attr_key(a.attrs.get(k)) != _attr_key(b.attrs.get(k))
+            ]
+            shown = ", ".join(
+                f"{k}={b.attrs.get(k)!r} (first file: {a.attrs.get(k)!r})" for k in keys
+            )
+            return f"variable {name!r} decodes differently: {shown}"
+        if sa[5] != sb[5]:
+            return (
+                f"variable {name!r} (which does not have {concat_dim!r}) has different "
+                "values; alignment of differing coordinates is not supported"
+            )
+    for dim in sorted(set(first.dims) | set(other.dims)):
+        if dim != concat_dim and first.dims.get(dim) != other.dims.get(dim):
+            return f"dimension {dim!r} has length {other.dims.get(dim)}, not {first.dims.get(dim)}"
+    return "its layout differs"  # pragma: no cover - signatures differ somewhere above
+
+
+def validate(descriptions: Sequence[FileDescription], concat_dim: str) -> None:
+    """Raise :class:`StackError` naming the first file that does not stack with the first."""
+    first = descriptions[0]
+    if not first.variables:
+        raise StackError(f"{first.path!r} has no variables to stack")
+    per_file = decoded_per_file(first, concat_dim)
+    expected = file_signature(first, concat_dim, per_file)
+    for other in descriptions[1:]:
+        if file_signature(other, concat_dim, per_file) != expected:
+            raise StackError(
+                f"{other.path!r} does not stack with {first.path!r} along {concat_dim!r}: "
+                f"it {_difference(first, other, concat_dim)}"
+            )
+
+
+def _dimension_coordinates(description: FileDescription) -> dict[str, VariableDescription]:
+    return {
+        d: v for d, v in description.variables.items() if v.dims == (d,) and v.values is not None
+    }
+
+
+def infer_concat_dim(descriptions: Sequence[FileDescription]) -> str:
+    """For ``combine="by_coords"``: the one dimension whose coordinate values differ."""
+
+    def key(var: VariableDescription) -> tuple[Any, ...]:
+        # raw values *and* what they mean: "days since <file date>" is common
+        units = tuple(_attr_key(var.attrs.get(k)) for k in ("units", "calendar"))
+        return (_digest(var.values), var.values.shape, units)
+
+    first = {d: key(v) for d, v in _dimension_coordinates(descriptions[0]).items()}
+    varying = set()
+    for other in descriptions[1:]:
+        theirs = _dimension_coordinates(other)
+        for dim, mine in first.items():
+            if dim not in theirs or key(theirs[dim]) != mine:
+                varying.add(dim)
+    if len(varying) != 1:
+        what = "no dimension coordinate differs" if not varying else f"{sorted(varying)} all differ"
+        raise StackError(
+            f"cannot infer the dimension to concatenate {len(descriptions)} files along: "
+            f"{what} between files. Pass concat_dim= (with combine='nested' to keep the "
+            "order given)."
+        )
+    return varying.pop()
+
+
+def scan(
+    paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    *,
+    library: str,
+    group: str | None = None,
+    concat_dim: str | None = None,
+    combine: str = "by_coords",
+    parallel: bool = True,
+    decode_times: Any = True,
+    use_cftime: bool | None = None,
+) -> Stack:
+    """Describe ``paths`` and check that they stack; see the module docstring."""
+    if combine not in ("by_coords", "nested"):
+        raise ValueError(f"combine must be 'by_coords' or 'nested', not {combine!r}")
+    files = expand_paths(paths)
+    descriptions = describe_all(files, library, group, parallel)
+    if combine == "nested":
+        if concat_dim is None:
+            raise ValueError("combine='nested' needs concat_dim= (for example 'time')")
+    else:
+        concat_dim = concat_dim or (
+            infer_concat_dim(descriptions) if len(descriptions) > 1 else _only_dim(descriptions[0])
+        )
+        descriptions = _sorted_by_coordinate(descriptions, concat_dim, decode_times, use_cftime)
+    validate(descriptions, concat_dim)
+    return Stack(tuple(descriptions), concat_dim, library, group)
+
+
+def _only_dim(description: FileDescription) -> str:
+    coords = list(_dimension_coordinates(description))
+    if len(coords) == 1:
+        return coords[0]
+    raise StackError(
+        f"one file ({description.path!r}) and no concat_dim=: pass concat_dim= to say "
+        "which dimension the stack follows"
+    )
+
+
+def _sorted_by_coordinate(
+    descriptions: Sequence[FileDescription], dim: str, decode_times: Any, use_cftime: Any
+) -> list[FileDescription]:
+    """Files ordered by the first (decoded) value of their ``dim`` coordinate."""
+    from xarray import Variable, conventions
+
+    keys = []
+    for d in descriptions:
+        var = d.variables.get(dim)
+        if var is None or var.values is None or var.values.size == 0:
+            raise StackError(
+                f"{d.path!r} has no values for coordinate {dim!r} to order the files by; "
+                "pass combine='nested' to keep the order given"
+            )
+        decoded = conventions.decode_cf_variable(
+            dim,
+            Variable(var.dims, var.values, dict(var.attrs)),
+            decode_times=decode_times,
+            use_cftime=use_cftime,
+        )
+        keys.append(decoded.values[0])
+    order = sorted(range(len(descriptions)), key=lambda i: keys[i])
+    ordered = [descriptions[i] for i in order]
+    for a, b in itertools.pairwise(order):
+        if keys[a] == keys[b]:
+            raise StackError(
+                f"{descriptions[a].path!r} and {descriptions[b].path!r} both start at "
+                f"{dim}={keys[a]!r}: duplicate or overlapping files"
+            )
+    return ordered
