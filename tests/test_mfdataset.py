@@ -1,0 +1,264 @@
+"""xrdist.open_mfdataset gives what xr.open_mfdataset(...).chunk(...) gives, in one task
+per output chunk, reading every file it needs and no more."""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+from pathlib import Path
+
+import dask
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+import xrdist
+from xrdist.description import clear_descriptions
+
+NY, NX, TILE = 48, 40, 16
+
+
+def write_stack(
+    folder: Path,
+    dates: int = 8,
+    per_file: int = 1,
+    tile: tuple[int, int] | None = (TILE, TILE),
+    units_per_file: bool = True,
+    seed: int = 0,
+) -> list[str]:
+    """One file per ``per_file`` dates: packed uint16 reflectance with clouds as fill,
+    a static mask (no time), time units that differ per file, and bounds."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.meshgrid(np.linspace(0, 1, NY), np.linspace(0, 1, NX), indexing="ij")
+    surface = 0.3 + 0.2 * np.sin(3 * yy) * np.cos(2 * xx)
+    paths = []
+    for f in range(dates // per_file):
+        times = pd.date_range("2021-03-01", periods=dates, freq="5D")[
+            f * per_file : (f + 1) * per_file
+        ]
+        refl = surface + rng.normal(0, 0.02, (per_file, NY, NX))
+        refl[rng.random((per_file, NY, NX)) < 0.2] = np.nan  # clouds
+        ds = xr.Dataset(
+            {
+                "refl": (("time", "y", "x"), refl, {"long_name": "reflectance"}),
+                "mask": (("y", "x"), (surface > 0.3).astype("u1")),
+                "time_bnds": (("time", "nv"), np.stack([times, times], axis=1)),
+            },
+            coords={"time": times, "y": np.arange(NY) * 10.0, "x": np.arange(NX) * 10.0},
+            attrs={"title": "synthetic stack", "file": f},
+        )
+        ds.time.attrs["bounds"] = "time_bnds"
+        units = f"days since {times[0]:%Y-%m-%d}" if units_per_file else "days since 2000-01-01"
+        ds.time.encoding = {"units": units}
+        ds.time_bnds.encoding = {"units": units}
+        enc = {"dtype": "u2", "scale_factor": 1e-4, "_FillValue": 0}
+        if tile is not None:
+            enc.update(zlib=True, complevel=1, chunksizes=(1, *tile))
+        ds.refl.encoding = enc
+        path = folder / f"scene_{f:03d}.nc"
+        ds.to_netcdf(path, engine="netcdf4")
+        paths.append(str(path))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory) -> list[str]:
+    return write_stack(tmp_path_factory.mktemp("stack"))
+
+
+def reference(paths, chunks=None, **kwargs) -> xr.Dataset:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        ds = xr.open_mfdataset(paths, engine="netcdf4", data_vars="all", **kwargs)
+    return ds.chunk(chunks) if chunks is not None else ds
+
+
+CHUNKS = [
+    {"time": -1, "y": TILE, "x": TILE},  # aligned: the satellite-median case
+    {"time": -1, "y": 2 * TILE, "x": TILE},  # aligned, larger
+    {"time": 2, "y": -1, "x": -1},  # along time
+    {"time": -1, "y": 20, "x": 13},  # cuts tiles: planned as aligned read + rechunk
+]
+
+
+@pytest.mark.parametrize("chunks", CHUNKS, ids=["tiles", "tiles2", "time2", "unaligned"])
+def test_identical_to_xarray_then_chunk(stack, chunks):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", xrdist.AmplificationWarning)
+        ours = xrdist.open_mfdataset(stack, chunks=chunks)
+    theirs = reference(stack, chunks)
+    xr.testing.assert_identical(ours, theirs)
+    assert ours.refl.chunks == theirs.refl.chunks
+    xr.testing.assert_identical(ours.compute(), theirs.compute())
+    for name in ["refl", "time"]:
+        for key in ["dtype", "scale_factor", "_FillValue", "units", "chunksizes", "source"]:
+            assert ours[name].encoding.get(key) == theirs[name].encoding.get(key), (name, key)
+
+
+def test_lazy_without_chunks_is_identical(stack):
+    ours = xrdist.open_mfdataset(stack)
+    assert not ours.refl.chunks  # no dask
+    xr.testing.assert_identical(ours, reference(stack).compute())
+
+
+def test_median_over_time(stack):
+    """The headline job: the same cloud-free median as xarray's, from one task per chunk."""
+    chunks = {"time": -1, "y": TILE, "x": TILE}
+    ours = xrdist.open_mfdataset(stack, chunks=chunks).refl.median("time")
+    theirs = reference(stack, chunks).refl.median("time")
+    xr.testing.assert_allclose(ours.compute(), theirs.compute())
+
+
+def test_one_task_per_output_chunk(stack):
+    """The graph has one read task per output chunk, plus a constant; the reference
+    has per-file layers and a rechunk."""
+    chunks = {"time": -1, "y": TILE, "x": TILE}
+    ours = xrdist.open_mfdataset(stack, chunks=chunks).refl.data
+    output_chunks = ours.npartitions
+    assert output_chunks == 3 * 3
+    assert output_chunks <= len(dict(ours.__dask_graph__())) <= output_chunks + 1
+    theirs = reference(stack, chunks).refl.data
+    assert len(dict(theirs.__dask_graph__())) > 2 * output_chunks
+
+
+def test_every_file_read_once_per_task_with_a_large_cache(stack, global_cache):
+    """Computing a stack opens each file once (the cache holds them all), and leases
+    each file once per output chunk that spans it."""
+    clear_descriptions()
+    ds = xrdist.open_mfdataset(stack, chunks={"time": -1, "y": TILE, "x": TILE})
+    global_cache.clear()
+    global_cache.reset_info()
+    with dask.config.set(scheduler="threads"):
+        ds.refl.compute()
+    info = xrdist.cache_info()
+    assert info.opens == len(stack)
+    assert info.hits + info.misses == len(stack) * ds.refl.data.npartitions
+
+
+def test_small_cache_does_not_thrash(tmp_path, global_cache):
+    """With a cache smaller than the files a task reads, successive tasks visit the
+    files in alternating directions, so each task reuses the handles the previous left:
+    far fewer opens than files x tasks."""
+    paths = write_stack(tmp_path / "s", dates=24)
+    ds = xrdist.open_mfdataset(paths, chunks={"time": -1, "y": TILE, "x": TILE})
+    tasks = ds.refl.data.npartitions
+    global_cache.clear()
+    global_cache.reset_info()
+    with xrdist.set_options(file_cache_maxsize=8), dask.config.set(scheduler="sync"):
+        ds.refl.compute()
+    opens = xrdist.cache_info().opens
+    assert opens <= len(paths) + (tasks - 1) * (len(paths) - 8)
+    assert opens < len(paths) * tasks
+
+
+def test_multiple_dates_per_file_and_nested(tmp_path):
+    paths = write_stack(tmp_path / "m", dates=8, per_file=2)
+    ours = xrdist.open_mfdataset(paths, combine="nested", concat_dim="time", chunks={"time": 3})
+    theirs = reference(paths, {"time": 3}, combine="nested", concat_dim="time")
+    xr.testing.assert_identical(ours, theirs)
+    xr.testing.assert_identical(ours.compute(), theirs.compute())
+
+
+def test_by_coords_orders_files_by_time(stack):
+    shuffled = [stack[i] for i in np.random.default_rng(1).permutation(len(stack))]
+    ours = xrdist.open_mfdataset(shuffled, chunks={})
+    assert ours.indexes["time"].is_monotonic_increasing
+    xr.testing.assert_identical(ours.compute(), reference(stack).compute())
+
+
+def test_glob_and_xarray_entry(stack):
+    pattern = str(Path(stack[0]).parent / "scene_*.nc")
+    via_xarray = xr.open_dataset(pattern, engine="xrdist", chunks={})
+    xr.testing.assert_identical(via_xarray.compute(), reference(stack).compute())
+    assert via_xarray.refl.data.npartitions == 8 * 3 * 3  # chunks={}: the on-disk chunks
+    across = xr.open_dataset(pattern, engine="xrdist", chunks={"time": -1, "y": 16, "x": 16})
+    assert across.refl.data.npartitions == 9  # chunks spanning all files, one task each
+
+
+def test_unaligned_request_warns_and_rechunks(stack):
+    with pytest.warns(xrdist.AmplificationWarning, match=r"decodes 3\.33x .*Aligned chunks"):
+        ds = xrdist.open_mfdataset(stack, chunks={"time": -1, "y": 20, "x": 13})
+    plan = ds.encoding["xrdist_plan"].variables["refl"]
+    assert plan.strategy == "rechunk" and plan.rechunk_method == "tasks"
+    assert plan.amplification == 1.0 and plan.requested_amplification > 1.5
+    with pytest.warns(xrdist.AmplificationWarning, match="Reading directly"):
+        direct = xrdist.open_mfdataset(stack, chunks={"time": -1, "y": 20}, strategy="direct")
+    assert direct.encoding["xrdist_plan"].variables["refl"].strategy == "direct"
+
+
+def test_plan_is_inspectable(stack):
+    plan = xrdist.plan(stack, chunks={"time": -1, "y": TILE, "x": TILE})
+    text = repr(plan)
+    assert f"{len(stack)} files" in text and "refl: direct" in text
+    assert "amplification 1.00" in text
+    assert "<table>" in plan._repr_html_()
+    refl = plan.variables["refl"]
+    assert refl.tasks == 9 and refl.max_files_per_task == len(stack)
+    auto = xrdist.plan(stack, chunks="auto", max_mem=2**20)
+    sizes = auto.variables["refl"].chunk_sizes()
+    assert sizes["time"] == len(stack)
+    assert sizes["y"] % TILE == 0 or sizes["y"] == NY
+    assert auto.variables["refl"].memory_per_task <= 2**20
+
+
+def test_pickled_stack_holds_no_data(stack):
+    ds = xrdist.open_mfdataset(stack, chunks={"time": -1, "y": TILE, "x": TILE})
+    blob = pickle.dumps(ds)
+    assert len(blob) < 50_000
+    xr.testing.assert_identical(pickle.loads(blob).compute(), ds.compute())
+
+
+# -- stacks that do not stack -------------------------------------------------------------
+
+
+def _variant(folder: Path, make) -> list[str]:
+    paths = write_stack(folder, dates=4)
+    ds = xr.open_dataset(paths[2]).load()
+    ds.close()
+    make(ds).to_netcdf(paths[2])
+    return paths
+
+
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (lambda ds: ds.drop_vars("mask"), "lacks variables \\['mask'\\]"),
+        (lambda ds: ds.assign(extra=ds.mask), "has extra variables \\['extra'\\]"),
+        (
+            lambda ds: ds.assign(mask=ds.mask.astype("i4")),
+            "variable 'mask' has dtype int32, not uint8",
+        ),
+        (lambda ds: ds.isel(x=slice(0, 20)), "shape"),
+        (
+            lambda ds: _with_encoding(ds, "refl", scale_factor=2e-4),
+            "variable 'refl' decodes differently: scale_factor=",
+        ),
+        (lambda ds: ds.assign_coords(y=ds.y + 1), "variable 'y' .* has different values"),
+    ],
+    ids=["missing-var", "extra-var", "dtype", "shape", "scale", "grid"],
+)
+def test_files_that_do_not_stack_are_named(tmp_path, make, words):
+    paths = _variant(tmp_path / "bad", make)
+    with pytest.raises(xrdist.StackError, match=words) as excinfo:
+        xrdist.open_mfdataset(paths, combine="nested", concat_dim="time")
+    assert paths[2] in str(excinfo.value) and paths[0] in str(excinfo.value)
+
+
+def _with_encoding(ds: xr.Dataset, name: str, **encoding) -> xr.Dataset:
+    ds[name].encoding.update(encoding)
+    return ds
+
+
+def test_duplicate_times_are_named(tmp_path):
+    paths = write_stack(tmp_path / "a", dates=3)
+    copy = Path(paths[1]).with_name("copy.nc")
+    copy.write_bytes(Path(paths[1]).read_bytes())
+    with pytest.raises(xrdist.StackError, match="duplicate or overlapping"):
+        xrdist.open_mfdataset([*paths, str(copy)])
+
+
+def test_no_files_match(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no files match the pattern"):
+        xrdist.open_mfdataset(str(tmp_path / "*.nc"))
