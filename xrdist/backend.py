@@ -253,8 +253,7 @@ class XrdistBackendEntrypoint(BackendEntrypoint):
                 group=group,
                 concat_dim=concat_dim,
                 combine=combine,
-                decode_times=decode_times,
-                use_cftime=use_cftime,
+                decode=decode,
             )
             return stack_dataset(stack, data_vars=data_vars, **decode)
         if not isinstance(filename_or_obj, str | os.PathLike):

@@ -27,7 +27,7 @@ from typing import Any
 import dask
 import numpy as np
 import psutil
-from xarray import Coordinates, Dataset, Variable, conventions
+from xarray import Coordinates, Dataset, Variable
 
 from xrdist.array import FileArray, StackArray
 from xrdist.backend import DEFAULT_LIBRARY, decode_dataset
@@ -46,42 +46,15 @@ from xrdist.scan import Stack, _active_client, coordinate_names, scan
 #: Upper bound of the default memory budget per task.
 MAX_DEFAULT_MAX_MEM = 1024**3
 
-DECODE_OPTIONS = (
-    "mask_and_scale",
-    "decode_times",
-    "concat_characters",
-    "decode_coords",
-    "drop_variables",
-    "use_cftime",
-    "decode_timedelta",
-)
 
-
-def _decode_per_file(
-    stack: Stack, names: list[str], decode: Mapping[str, Any]
-) -> dict[str, Variable]:
-    """Small variables along the stack, decoded in each file (their units may differ
-    from file to file) and concatenated."""
-    if not names:
-        return {}
-    pieces: dict[str, list[np.ndarray]] = {name: [] for name in names}
-    dims: dict[str, tuple[str, ...]] = {}
-    options = {k: v for k, v in decode.items() if k != "drop_variables"}
-    options["decode_coords"] = False
-    for description in stack.descriptions:
-        raw = {
-            name: Variable(v.dims, v.values, dict(v.attrs), dict(v.encoding))
-            for name in names
-            for v in [description.variables[name]]
-        }
-        decoded, _, _ = conventions.decode_cf_variables(raw, {}, **options)
-        for name in names:
-            dims[name] = decoded[name].dims
-            pieces[name].append(np.asarray(decoded[name].values))
+def _concatenated_coordinates(stack: Stack) -> dict[str, Variable]:
+    """The per-file decoded coordinates of the stack, concatenated along it."""
     out = {}
-    for name in names:
-        axis = dims[name].index(stack.concat_dim)
-        out[name] = Variable(dims[name], np.concatenate(pieces[name], axis=axis))
+    for name in stack.per_file:
+        pieces = [coords[name] for coords in stack.decoded]
+        axis = pieces[0].dims.index(stack.concat_dim)
+        values = np.concatenate([np.asarray(p.values) for p in pieces], axis=axis)
+        out[name] = Variable(pieces[0].dims, values)
     return out
 
 
@@ -150,7 +123,7 @@ def stack_dataset(stack: Stack, *, data_vars: str = "all", **decode: Any) -> Dat
                 first.identity,
             )
             raw[name] = Variable(var.dims, _lazy(array), attrs, encoding)
-    replace = _decode_per_file(stack, per_file, decode)
+    replace = _concatenated_coordinates(stack)
     # Placeholders of the right length for the variables decoded file by file.
     for name in per_file:
         raw[name] = Variable(
@@ -389,8 +362,7 @@ def open_mfdataset(
         concat_dim=concat_dim,
         combine=combine,
         parallel=parallel,
-        decode_times=decode_times,
-        use_cftime=use_cftime,
+        decode=decode,
     )
     ds = stack_dataset(stack, data_vars=data_vars, **decode)
     if chunks is None:

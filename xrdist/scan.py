@@ -19,7 +19,7 @@ import glob
 import hashlib
 import itertools
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -85,6 +85,8 @@ class Stack:
     concat_dim: str
     library: str
     group: str | None
+    #: per file, its small coordinates along the stack, decoded (see decoded_per_file)
+    decoded: tuple[dict[str, Any], ...] = ()
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -284,6 +286,25 @@ def infer_concat_dim(descriptions: Sequence[FileDescription]) -> str:
     return varying.pop()
 
 
+def decode_file_coordinates(
+    description: FileDescription, names: Iterable[str], decode: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The named small variables of one file, decoded with xarray's CF decoders."""
+    from xarray import Variable, conventions
+
+    raw = {
+        name: Variable(v.dims, v.values, dict(v.attrs), dict(v.encoding))
+        for name in names
+        for v in [description.variables[name]]
+    }
+    if not raw:
+        return {}
+    options = {k: v for k, v in decode.items() if k != "drop_variables"}
+    options["decode_coords"] = False
+    decoded, _, _ = conventions.decode_cf_variables(raw, {}, **options)
+    return {name: decoded[name] for name in raw}
+
+
 def scan(
     paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
     *,
@@ -292,24 +313,33 @@ def scan(
     concat_dim: str | None = None,
     combine: str = "by_coords",
     parallel: bool = True,
-    decode_times: Any = True,
-    use_cftime: bool | None = None,
+    decode: Mapping[str, Any] | None = None,
 ) -> Stack:
-    """Describe ``paths`` and check that they stack; see the module docstring."""
+    """Describe ``paths`` and check that they stack; see the module docstring.
+
+    ``decode`` holds the CF decoding options (as for ``xr.open_dataset``) used for the
+    coordinates decoded file by file, which also order the files for ``by_coords``.
+    """
     if combine not in ("by_coords", "nested"):
         raise ValueError(f"combine must be 'by_coords' or 'nested', not {combine!r}")
+    decode = dict(decode or {})
     files = expand_paths(paths)
     descriptions = describe_all(files, library, group, parallel)
     if combine == "nested":
         if concat_dim is None:
             raise ValueError("combine='nested' needs concat_dim= (for example 'time')")
-    else:
-        concat_dim = concat_dim or (
+    elif concat_dim is None:
+        concat_dim = (
             infer_concat_dim(descriptions) if len(descriptions) > 1 else _only_dim(descriptions[0])
         )
-        descriptions = _sorted_by_coordinate(descriptions, concat_dim, decode_times, use_cftime)
     validate(descriptions, concat_dim)
-    return Stack(tuple(descriptions), concat_dim, library, group)
+    per_file = decoded_per_file(descriptions[0], concat_dim)
+    decoded = [decode_file_coordinates(d, per_file, decode) for d in descriptions]
+    if combine == "by_coords":
+        order = _order_by_coordinate(descriptions, decoded, concat_dim)
+        descriptions = [descriptions[i] for i in order]
+        decoded = [decoded[i] for i in order]
+    return Stack(tuple(descriptions), concat_dim, library, group, tuple(decoded))
 
 
 def _only_dim(description: FileDescription) -> str:
@@ -322,33 +352,24 @@ def _only_dim(description: FileDescription) -> str:
     )
 
 
-def _sorted_by_coordinate(
-    descriptions: Sequence[FileDescription], dim: str, decode_times: Any, use_cftime: Any
-) -> list[FileDescription]:
-    """Files ordered by the first (decoded) value of their ``dim`` coordinate."""
-    from xarray import Variable, conventions
-
+def _order_by_coordinate(
+    descriptions: Sequence[FileDescription], decoded: Sequence[dict[str, Any]], dim: str
+) -> list[int]:
+    """File order by the first decoded value of their ``dim`` coordinate."""
     keys = []
-    for d in descriptions:
-        var = d.variables.get(dim)
-        if var is None or var.values is None or var.values.size == 0:
+    for d, coords in zip(descriptions, decoded, strict=True):
+        var = coords.get(dim)
+        if var is None or var.size == 0:
             raise StackError(
                 f"{d.path!r} has no values for coordinate {dim!r} to order the files by; "
                 "pass combine='nested' to keep the order given"
             )
-        decoded = conventions.decode_cf_variable(
-            dim,
-            Variable(var.dims, var.values, dict(var.attrs)),
-            decode_times=decode_times,
-            use_cftime=use_cftime,
-        )
-        keys.append(decoded.values[0])
+        keys.append(var.values[0])
     order = sorted(range(len(descriptions)), key=lambda i: keys[i])
-    ordered = [descriptions[i] for i in order]
     for a, b in itertools.pairwise(order):
         if keys[a] == keys[b]:
             raise StackError(
                 f"{descriptions[a].path!r} and {descriptions[b].path!r} both start at "
                 f"{dim}={keys[a]!r}: duplicate or overlapping files"
             )
-    return ordered
+    return order
