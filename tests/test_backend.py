@@ -130,8 +130,11 @@ def same_encoding(a: dict, b: dict) -> bool:
     return True
 
 
-def assert_same_as_netcdf4(path: Path, **kwargs) -> None:
-    ours = xr.open_dataset(path, engine="xrdist", **kwargs)
+LIBRARIES = ["auto", "h5py", "netcdf4"]
+
+
+def assert_same_as_netcdf4(path: Path, library: str = "auto", **kwargs) -> None:
+    ours = xr.open_dataset(path, engine="xrdist", library=library, **kwargs)
     theirs = xr.open_dataset(path, engine="netcdf4", **kwargs)
     xr.testing.assert_identical(ours, theirs)
     assert ours.encoding == theirs.encoding
@@ -169,18 +172,23 @@ CORPUS_FILES = [
     ],
     ids=["default", "chunks", "no-mask", "no-times", "no-cf", "raw-strings", "drop"],
 )
-def test_identical_to_netcdf4_engine(corpus, name, options):
-    assert_same_as_netcdf4(corpus[name], **options)
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_identical_to_netcdf4_engine(corpus, name, options, library):
+    if library == "h5py" and name.startswith("netcdf3"):
+        pytest.skip("h5py reads HDF5 only; library='auto' reads netCDF-3 with netCDF-C")
+    assert_same_as_netcdf4(corpus[name], library=library, **options)
 
 
+@pytest.mark.parametrize("library", LIBRARIES)
 @pytest.mark.parametrize("group", [None, "g1", "g1/g2", "/g1/g2"])
-def test_groups_identical(corpus, group):
-    assert_same_as_netcdf4(corpus["groups"], group=group)
+def test_groups_identical(corpus, group, library):
+    assert_same_as_netcdf4(corpus["groups"], library=library, group=group)
 
 
-def test_missing_group_names_the_file_and_the_groups(corpus):
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_missing_group_names_the_file_and_the_groups(corpus, library):
     with pytest.raises(OSError, match=r"group 'nope' not found in .*groups.nc.*\['g1'\]"):
-        xr.open_dataset(corpus["groups"], engine="xrdist", group="nope")
+        xr.open_dataset(corpus["groups"], engine="xrdist", group="nope", library=library)
 
 
 def test_indexing_reads_windows(corpus):
@@ -340,3 +348,33 @@ def test_threads_open_and_reduce_many_files(tmp_path, stress_seconds):
             total = sum(ds.v.sum() for ds in datasets)
             with dask.config.set(scheduler="threads", num_workers=8):
                 assert float(total.compute()) == expected
+
+
+def test_auto_reads_plain_hdf5_and_enums_through_netcdf_c(tmp_path):
+    """Layouts the h5py path does not describe fall back to netCDF-C, identically."""
+    import h5py
+    import netCDF4
+
+    from xrdist.backend import describe_file
+
+    plain = tmp_path / "plain.h5"
+    with h5py.File(plain, "w") as f:
+        f["values"] = np.arange(12.0).reshape(3, 4)
+        f.attrs["title"] = "no dimension scales"
+    enum = tmp_path / "enum.nc"
+    with netCDF4.Dataset(enum, "w") as ds:
+        kind = ds.createEnumType("u1", "cloud_t", {"clear": 0, "cloudy": 1})
+        ds.createDimension("x", 3)
+        ds.createVariable("cloud", kind, ("x",))[:] = np.array([0, 1, 0], "u1")
+    for path in (plain, enum):
+        assert describe_file(str(path), "auto", None).library == "netcdf4"
+        assert_same_as_netcdf4(path)
+    with pytest.raises(ValueError, match=r"library='h5py' cannot describe this file .*'auto'"):
+        xr.open_dataset(plain, engine="xrdist", library="h5py")
+
+
+def test_auto_prefers_h5py_for_netcdf4_files(corpus):
+    from xrdist.backend import describe_file
+
+    assert describe_file(str(corpus["netcdf4"]), "auto", None).library == "h5py"
+    assert describe_file(str(corpus["netcdf3"]), "auto", None).library == "netcdf4"

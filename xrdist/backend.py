@@ -37,7 +37,9 @@ NETCDF3_MAGICS = (b"CDF\x01", b"CDF\x02", b"CDF\x05")
 #: HDF5 allows a user block before the superblock: the signature may sit at these offsets.
 HDF5_SIGNATURE_OFFSETS = (0, 512, 1024, 2048)
 
-DEFAULT_LIBRARY = "netcdf4"
+AUTO = "auto"
+DEFAULT_LIBRARY = AUTO
+LIBRARIES = (AUTO, *FORMATS)
 
 
 def read_magic(path: str, offset: int = 0) -> bytes:
@@ -75,17 +77,44 @@ def check_readable(path: str) -> None:
         )
 
 
-def describe_file(path: str, library: str, group: str | None) -> FileDescription:
-    """The (cached) description of one group of one file."""
+def _walk_with(library: str, path: str, group: str | None) -> FileDescription:
     fmt = get_format(library)
-    proxy = fmt.proxy(path)
+    lease = fmt.proxy(path).lease()
+    with lease as handle:
+        assert lease.identity is not None
+        return fmt.walk(handle, path, lease.identity, group)
+
+
+def _walk_auto(path: str, group: str | None) -> FileDescription:
+    """h5py for netCDF-4/HDF5 files it describes exactly; netCDF-C for the rest."""
+    from xrdist.formats.h5pylib import UnsupportedLayout
+
+    if sniff_format(path) == "hdf5":
+        try:
+            return _walk_with("h5py", path, group)
+        except UnsupportedLayout:
+            get_format("h5py").proxy(path).close()
+    return _walk_with("netcdf4", path, group)
+
+
+def describe_file(path: str, library: str, group: str | None) -> FileDescription:
+    """The (cached) description of one group of one file. ``library="auto"`` picks h5py
+    for netCDF-4 files and netCDF-C for netCDF-3 files and layouts h5py cannot describe
+    (the description's ``library`` says which)."""
 
     def walk() -> FileDescription:
         check_readable(path)
-        lease = proxy.lease()
-        with lease as handle:
-            assert lease.identity is not None
-            return fmt.walk(handle, path, lease.identity, group)
+        if library == AUTO:
+            return _walk_auto(path, group)
+        from xrdist.formats.h5pylib import UnsupportedLayout
+
+        try:
+            return _walk_with(library, path, group)
+        except UnsupportedLayout as err:
+            raise ValueError(
+                f"{path!r}: library={library!r} cannot describe this file ({err}); "
+                "use library='auto' or library='netcdf4'"
+            ) from None
 
     return describe(path, library, group, walk)
 
@@ -174,7 +203,8 @@ class XrdistBackendEntrypoint(BackendEntrypoint):
     """netCDF4/HDF5 and netCDF3 files through xrdist's handle cache.
 
     Options beyond xarray's usual decoding options: ``group`` (a path like ``"a/b"``) and
-    ``library`` (the native library that reads the file: ``"netcdf4"``).
+    ``library`` (the native library that reads the file: ``"auto"`` (default), ``"h5py"``
+    or ``"netcdf4"``).
     """
 
     description = "netCDF4/HDF5 and netCDF3 through xrdist's handle cache, safe under threads"
@@ -238,10 +268,8 @@ class XrdistBackendEntrypoint(BackendEntrypoint):
             "use_cftime": use_cftime,
             "decode_timedelta": decode_timedelta,
         }
-        if library not in FORMATS:
-            raise ValueError(
-                f"library={library!r} is not supported; choose one of {sorted(FORMATS)}"
-            )
+        if library not in LIBRARIES:
+            raise ValueError(f"library={library!r} is not supported; choose one of {LIBRARIES}")
         is_glob = isinstance(filename_or_obj, str) and glob.has_magic(filename_or_obj)
         if isinstance(filename_or_obj, list | tuple) or is_glob:
             from xrdist.mfdataset import stack_dataset
@@ -262,6 +290,7 @@ class XrdistBackendEntrypoint(BackendEntrypoint):
                 f"pattern; got {type(filename_or_obj)}"
             )
         path = canonical_path(filename_or_obj)
-        ds = dataset_from_description(describe_file(path, library, group), **decode)
-        ds.set_close(get_format(library).proxy(path).close)
+        description = describe_file(path, library, group)
+        ds = dataset_from_description(description, **decode)
+        ds.set_close(get_format(description.library).proxy(path).close)
         return ds

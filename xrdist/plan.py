@@ -78,6 +78,11 @@ class Layout:
             raise PlanError(
                 f"{self.name}: disk chunks {self.disk_chunks} do not match shape {self.shape}"
             )
+        if self.concat_axis is not None and not 0 <= self.concat_axis < len(self.shape):
+            raise PlanError(
+                f"{self.name}: concat_axis {self.concat_axis} is not an axis of its "
+                f"{len(self.shape)} dimensions"
+            )
         if self.concat_axis is not None and sum(self.file_lengths) != self.shape[self.concat_axis]:
             raise PlanError(
                 f"{self.name}: file lengths sum to {sum(self.file_lengths)}, but the "
@@ -199,17 +204,25 @@ def n_chunks(chunks: NormalizedChunks) -> int:
     return math.prod(len(lengths) for lengths in chunks)
 
 
-def aligned_chunks(layout: Layout, chunks: NormalizedChunks) -> dict[str, int]:
-    """The request rounded to whole multiples of the on-disk chunks (the concatenation
-    axis kept as asked)."""
-    out = {}
+def aligned_chunks(layout: Layout, chunks: NormalizedChunks) -> dict[str, Any]:
+    """The request rounded to whole multiples of the on-disk chunks; the concatenation
+    axis (and any axis stored contiguously) is kept exactly as asked."""
+    out: dict[str, Any] = {}
     for axis, dim in enumerate(layout.dims):
-        target = max(chunks[axis]) if chunks[axis] else 0
-        if axis == layout.concat_axis or layout.disk_chunks is None or target == 0:
-            out[dim] = target if target < layout.shape[axis] else -1
+        lengths = chunks[axis]
+        if axis == layout.concat_axis or layout.disk_chunks is None or not lengths:
+            out[dim] = (
+                -1
+                if len(lengths) <= 1
+                else (
+                    lengths[0]
+                    if len(set(lengths[:-1])) == 1 and lengths[-1] <= lengths[0]
+                    else tuple(lengths)
+                )
+            )
             continue
         tile = layout.tile(axis)
-        multiple = max(1, round(target / tile)) * tile
+        multiple = max(1, round(max(lengths) / tile)) * tile
         out[dim] = -1 if multiple >= layout.shape[axis] else multiple
     return out
 
@@ -324,19 +337,30 @@ def plan_variable(
     wasteful = requested > threshold and aligned_amp < requested
     if strategy == "direct" or (strategy == "auto" and not wasteful):
         read, chosen, method = target, "direct", None
-        reason = (
-            f"amplification {requested:.2f} <= {threshold:g}: each task reads its window "
-            "straight from the files"
-            if requested <= threshold
-            else f"direct read requested (amplification {requested:.2f})"
-        )
+        if strategy == "direct":
+            reason = f"direct read requested (amplification {requested:.2f})"
+        elif requested <= threshold:
+            reason = (
+                f"amplification {requested:.2f} <= {threshold:g}: each task reads its window "
+                "straight from the files"
+            )
+        else:
+            reason = (
+                f"amplification {requested:.2f} > {threshold:g}, but chunks aligned to the "
+                f"on-disk chunks would decode as much ({aligned_amp:.2f}): reading directly"
+            )
     else:
         read, chosen = aligned, "rechunk"
         method = "p2p" if distributed else "tasks"
+        how = "dask P2P (distributed client)" if distributed else "tasks"
+        why = (
+            f"amplification {requested:.2f} > {threshold:g} for the requested chunks"
+            if requested > threshold
+            else f"rechunk requested (amplification {requested:.2f})"
+        )
         reason = (
-            f"amplification {requested:.2f} > {threshold:g} for the requested chunks: read "
-            f"on-disk-aligned chunks {suggestion} (amplification {aligned_amp:.2f}) and "
-            f"rechunk with {'dask P2P (distributed client)' if distributed else 'tasks'}"
+            f"{why}: read on-disk-aligned chunks {suggestion} (amplification "
+            f"{aligned_amp:.2f}) and rechunk with {how}"
         )
     amp = read_amplification(layout, read)
     max_files = (

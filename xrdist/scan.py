@@ -339,7 +339,16 @@ def scan(
         order = _order_by_coordinate(descriptions, decoded, concat_dim)
         descriptions = [descriptions[i] for i in order]
         decoded = [decoded[i] for i in order]
-    return Stack(tuple(descriptions), concat_dim, library, group, tuple(decoded))
+    libraries = {d.library for d in descriptions}
+    if len(libraries) > 1:
+        odd = next(d for d in descriptions if d.library != descriptions[0].library)
+        raise StackError(
+            f"{odd.path!r} is read with {odd.library}, but {descriptions[0].path!r} with "
+            f"{descriptions[0].library} (netCDF-3 and netCDF-4 files mixed?); pass "
+            "library='netcdf4' to read them all with netCDF-C"
+        )
+    resolved = descriptions[0].library
+    return Stack(tuple(descriptions), concat_dim, resolved, group, tuple(decoded))
 
 
 def _only_dim(description: FileDescription) -> str:

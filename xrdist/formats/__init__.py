@@ -14,6 +14,7 @@ from types import ModuleType
 #: library name -> module implementing it
 FORMATS = {
     "netcdf4": "xrdist.formats.netcdf4lib",
+    "h5py": "xrdist.formats.h5pylib",
 }
 
 

@@ -1,0 +1,259 @@
+"""netCDF-4 files through h5py (HDF5), described exactly as netCDF4-python describes them.
+
+A netCDF-4 file is an HDF5 file with conventions: dimensions are HDF5 dimension scales,
+variables point to theirs with ``DIMENSION_LIST`` references, and some attributes are
+bookkeeping that netCDF hides. This module reads that layout with h5py and reports
+dimensions, variables, attributes and encoding as netCDF4-python reports them, so that
+xarray's decoders produce identical datasets.
+
+What it does not describe raises :class:`UnsupportedLayout` (plain HDF5 files without
+dimension scales, enum, compound and other user types, multi-dimensional coordinate
+variables); ``library="auto"`` then falls back to netCDF-C.
+
+Locks: h5py serialises every HDF5 call with its own global lock, so reads take no extra
+lock; open, the metadata walk and close hold ``library_lock(HDF5)`` so that a walk of many
+calls sees one consistent state.
+
+Notes
+-----
+Functions here are thread-safe. Handles are shared through the handle manager; use
+:func:`proxy` for the picklable way to reach one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import h5py
+import numpy as np
+from xarray.coding.strings import create_vlen_dtype
+
+from xrdist.description import SMALL_VARIABLE_BYTES, FileDescription, VariableDescription
+from xrdist.identity import FileIdentity
+from xrdist.locks import HDF5, library_lock
+from xrdist.proxy import HandleProxy
+
+LIBRARY = "h5py"
+LOCK = library_lock(HDF5)
+
+#: Attributes netCDF keeps for itself and never shows.
+HIDDEN_ATTRS = frozenset(
+    {
+        "CLASS",
+        "NAME",
+        "REFERENCE_LIST",
+        "DIMENSION_LIST",
+        "_Netcdf4Dimid",
+        "_Netcdf4Coordinates",
+        "_nc3_strict",
+        "_NCProperties",
+        "_SuperblockVersion",
+        "_IsNetcdf4",
+    }
+)
+PURE_DIMENSION = b"This is a netCDF dimension but not a netCDF variable"
+#: HDF5 filter ids of the plugin compressors netCDF-C names.
+PLUGIN_FILTERS = {"zstd": 32015, "bzip2": 307, "blosc": 32001}
+
+
+class UnsupportedLayout(Exception):
+    """This file uses something the h5py path does not describe; use netCDF-C."""
+
+
+def proxy(path: str) -> HandleProxy:
+    """The picklable handle proxy of ``path`` for this library."""
+    return HandleProxy.create(h5py.File, path, mode="r", lock=LOCK)
+
+
+def _node(handle: h5py.File, group: str | None) -> h5py.Group:
+    if group in (None, "", "/"):
+        return handle
+    try:
+        node = handle[group.strip("/")]
+    except KeyError:
+        parent = handle
+        for name in group.strip("/").split("/"):
+            if name not in parent:
+                break
+            parent = parent[name]
+        subgroups = sorted(k for k, v in parent.items() if isinstance(v, h5py.Group))
+        raise OSError(
+            f"group {group!r} not found in {handle.filename!r}; groups at this level: {subgroups}"
+        ) from None
+    if not isinstance(node, h5py.Group):
+        raise OSError(f"{group!r} in {handle.filename!r} is a variable, not a group")
+    return node
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def attribute_value(value: Any) -> Any:
+    """An attribute as netCDF4-python returns it: text as ``str``, several strings as a
+    list, one number as a numpy scalar, several as an array."""
+    if isinstance(value, bytes | str):
+        return _text(value)
+    if isinstance(value, h5py.Empty):
+        raise UnsupportedLayout("empty attribute")
+    array = np.asarray(value)
+    if array.dtype.kind in "OSU":
+        texts = [_text(v) for v in array.ravel()]
+        return texts[0] if len(texts) == 1 else texts
+    if array.dtype.fields is not None or array.dtype.kind not in "biuf":
+        raise UnsupportedLayout(f"attribute of type {array.dtype}")
+    return array.reshape(-1)[0] if array.size == 1 else array.reshape(-1)
+
+
+def _attributes(obj: h5py.HLObject) -> dict[str, Any]:
+    return {
+        name: attribute_value(obj.attrs[name]) for name in obj.attrs if name not in HIDDEN_ATTRS
+    }
+
+
+def _is_dimension_scale(dset: h5py.Dataset) -> bool:
+    cls = dset.attrs.get("CLASS")
+    return cls is not None and _text(cls) == "DIMENSION_SCALE"
+
+
+def _dimensions(node: h5py.Group) -> tuple[dict[str, int], set[str], set[str]]:
+    """(sizes, unlimited names, names that are dimensions only) of a group's scales."""
+    sizes, unlimited, pure = {}, set(), set()
+    for name, obj in node.items():
+        if isinstance(obj, h5py.Dataset) and _is_dimension_scale(obj):
+            if obj.ndim != 1:
+                raise UnsupportedLayout(f"multi-dimensional dimension scale {name!r}")
+            sizes[name] = obj.shape[0]
+            if obj.maxshape[0] is None:
+                unlimited.add(name)
+            label = obj.attrs.get("NAME")
+            if isinstance(label, bytes) and label.startswith(PURE_DIMENSION):
+                pure.add(name)
+    return sizes, unlimited, pure
+
+
+def _variable_dims(handle: h5py.File, name: str, dset: h5py.Dataset) -> tuple[str, ...]:
+    if dset.ndim == 0:
+        return ()
+    if _is_dimension_scale(dset):
+        return (name,)
+    refs = dset.attrs.get("DIMENSION_LIST")
+    if refs is None or len(refs) != dset.ndim:
+        raise UnsupportedLayout(f"variable {name!r} has no netCDF dimensions")
+    return tuple(handle[axis_refs[0]].name.rsplit("/", 1)[-1] for axis_refs in refs)
+
+
+def _dtype(dset: h5py.Dataset) -> tuple[np.dtype, Any]:
+    """(dtype of the values, dtype for the encoding) as netCDF4-python reports them."""
+    string = h5py.check_string_dtype(dset.dtype)
+    if string is not None and string.length is None:
+        return create_vlen_dtype(str), str
+    if h5py.check_enum_dtype(dset.dtype) is not None or dset.dtype.fields is not None:
+        raise UnsupportedLayout(f"user-defined type {dset.dtype}")
+    if dset.dtype.kind not in "biufS" or h5py.check_vlen_dtype(dset.dtype) is not None:
+        raise UnsupportedLayout(f"type {dset.dtype}")
+    return dset.dtype, dset.dtype
+
+
+def _filters(dset: h5py.Dataset) -> dict[str, Any]:
+    filters = dset._filters
+    return {
+        "zlib": dset.compression == "gzip",
+        "szip": dset.compression == "szip",
+        **{name: str(fid) in filters or fid in filters for name, fid in PLUGIN_FILTERS.items()},
+        "shuffle": bool(dset.shuffle),
+        "complevel": int(dset.compression_opts) if dset.compression == "gzip" else 0,
+        "fletcher32": bool(dset.fletcher32),
+    }
+
+
+def _variable(handle: h5py.File, name: str, dset: h5py.Dataset, path: str) -> VariableDescription:
+    dims = _variable_dims(handle, name, dset)
+    dtype, encoded_dtype = _dtype(dset)
+    attrs = _attributes(dset)
+    if dtype.kind == "S" and "_FillValue" in attrs:
+        attrs["_FillValue"] = np.bytes_(attrs["_FillValue"])
+    encoding: dict[str, Any] = {"dtype": encoded_dtype}
+    encoding.update(_filters(dset))
+    if dset.chunks is None:
+        encoding["contiguous"] = True
+        encoding["chunksizes"] = None
+    else:
+        encoding["contiguous"] = False
+        encoding["chunksizes"] = tuple(dset.chunks)
+        encoding["preferred_chunks"] = dict(zip(dims, dset.chunks, strict=True))
+    if "least_significant_digit" in attrs:
+        encoding["least_significant_digit"] = attrs.pop("least_significant_digit")
+    encoding["source"] = path
+    encoding["original_shape"] = tuple(dset.shape)
+    values = None
+    nbytes = int(np.prod(dset.shape, dtype=np.int64)) * dtype.itemsize
+    if dtype.kind != "O" and nbytes <= SMALL_VARIABLE_BYTES:
+        values = np.asarray(dset[()])
+        values.flags.writeable = False
+    return VariableDescription(
+        name=name,
+        dims=dims,
+        shape=tuple(dset.shape),
+        dtype=dtype,
+        attrs=attrs,
+        encoding=encoding,
+        values=values,
+    )
+
+
+def walk(
+    handle: h5py.File, path: str, identity: FileIdentity, group: str | None
+) -> FileDescription:
+    """Describe ``group`` of an open handle, holding the HDF5 library lock throughout."""
+    with LOCK:
+        node = _node(handle, group)
+        sizes, unlimited, pure = _dimensions(node)
+        variables = {}
+        groups = []
+        for name, obj in node.items():
+            if isinstance(obj, h5py.Group):
+                groups.append(name)
+            elif isinstance(obj, h5py.Dataset) and name not in pure:
+                variables[name] = _variable(handle, name, obj, path)
+        file_format = "NETCDF4_CLASSIC" if "_nc3_strict" in handle.attrs else "NETCDF4"
+        return FileDescription(
+            path=path,
+            identity=identity,
+            library=LIBRARY,
+            group=group,
+            file_format=file_format,
+            dims=sizes,
+            unlimited_dims=frozenset(unlimited),
+            attrs=_attributes(node),
+            variables=variables,
+            groups=tuple(groups),
+        )
+
+
+def read(handle: h5py.File, group: str | None, name: str, key: tuple[Any, ...]) -> Any:
+    """``variable[key]`` with outer (orthogonal) indexing semantics.
+
+    h5py takes at most one increasing index list per selection, so index arrays are read
+    as their bounding slice and picked from in memory.
+    """
+    dset = _node(handle, group)[name]
+    if h5py.check_string_dtype(dset.dtype) is not None and dset.dtype.kind == "O":
+        dset = dset.asstr()
+    h5_key: list[Any] = []
+    picks: list[tuple[int, np.ndarray]] = []
+    out_axis = 0
+    for k in key:
+        if isinstance(k, np.ndarray):
+            lo = int(k.min()) if k.size else 0
+            hi = int(k.max()) + 1 if k.size else 0
+            h5_key.append(slice(lo, hi))
+            picks.append((out_axis, k - lo))
+            out_axis += 1
+        else:
+            h5_key.append(k)
+            out_axis += 0 if isinstance(k, int | np.integer) else 1
+    data = np.asarray(dset[tuple(h5_key)])
+    for axis, index in picks:
+        data = np.take(data, index, axis=axis)
+    return data
