@@ -378,3 +378,57 @@ def test_auto_prefers_h5py_for_netcdf4_files(corpus):
 
     assert describe_file(str(corpus["netcdf4"]), "auto", None).library == "h5py"
     assert describe_file(str(corpus["netcdf3"]), "auto", None).library == "netcdf4"
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+@pytest.mark.parametrize("group", [None, "g1"])
+def test_datatree_identical(corpus, library, group):
+    ours = xr.open_datatree(corpus["groups"], engine="xrdist", library=library, group=group)
+    theirs = xr.open_datatree(corpus["groups"], engine="netcdf4", group=group)
+    xr.testing.assert_identical(ours, theirs)
+
+
+@pytest.fixture(scope="module")
+def plugin_file(tmp_path_factory) -> Path:
+    """Variables compressed with the plugin filters netCDF4's wheels carry."""
+    import netCDF4
+
+    path = tmp_path_factory.mktemp("plugins") / "plugins.nc"
+    with netCDF4.Dataset(path, "w") as ds:
+        ds.createDimension("x", 500)
+        for codec in ["zstd", "bzip2", "blosc_lz4", "blosc_zstd", "zlib"]:
+            var = ds.createVariable(codec, "f4", ("x",), compression=codec, complevel=3)
+            var[:] = np.sin(np.arange(500.0))
+    return path
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_plugin_compressors_identical(plugin_file, library):
+    assert_same_as_netcdf4(plugin_file, library=library)
+
+
+def test_missing_filter_is_named_with_the_package_to_install(plugin_file, tmp_path):
+    """Where no plugin decodes a filter, both libraries say which filter is missing and
+    what to do (auto tries h5py, then netCDF-C)."""
+    code = f"""
+import os, xarray as xr
+os.environ["HDF5_PLUGIN_PATH"] = {str(tmp_path)!r}
+import h5py
+assert not h5py.h5z.filter_avail(32015)
+from xrdist.backend import describe_file
+try:
+    xr.open_dataset({str(plugin_file)!r}, engine="xrdist", library="h5py")
+except ValueError as err:
+    print("ERROR", err)
+try:
+    describe_file({str(plugin_file)!r}, "auto", None)
+except OSError as err:
+    print("AUTO", err)
+"""
+    env = {k: v for k, v in os.environ.items() if k != "HDF5_PLUGIN_PATH"}
+    env["HDF5_PLUGIN_PATH"] = str(tmp_path)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "zstd (HDF5 filter id 32015)" in out.stdout
+    assert "pip install hdf5plugin" in out.stdout and str(plugin_file) in out.stdout
+    assert "AUTO cannot read variable" in out.stdout and "HDF5_PLUGIN_PATH" in out.stdout

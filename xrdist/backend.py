@@ -20,7 +20,7 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from xarray import Dataset, Variable, conventions
+from xarray import Dataset, DataTree, Variable, conventions
 from xarray.backends import BackendEntrypoint
 from xarray.core import indexing
 from xarray.core.coordinates import Coordinates
@@ -208,6 +208,7 @@ class XrdistBackendEntrypoint(BackendEntrypoint):
     """
 
     description = "netCDF4/HDF5 and netCDF3 through xrdist's handle cache, safe under threads"
+    supports_groups = True
     url = "https://github.com/xrdist/xrdist"
     open_dataset_parameters = (
         "filename_or_obj",
@@ -294,3 +295,32 @@ class XrdistBackendEntrypoint(BackendEntrypoint):
         ds = dataset_from_description(description, **decode)
         ds.set_close(get_format(description.library).proxy(path).close)
         return ds
+
+    def open_groups_as_dict(  # type: ignore[override]
+        self,
+        filename_or_obj: Any,
+        *,
+        group: str | None = None,
+        library: str = DEFAULT_LIBRARY,
+        **decode: Any,
+    ) -> dict[str, Dataset]:
+        """Every group of the file (below ``group``), by path, as ``open_dataset`` opens it."""
+        path = canonical_path(filename_or_obj)
+        root = "/" + (group or "").strip("/")
+        out: dict[str, Dataset] = {}
+        pending = [root]
+        while pending:
+            node = pending.pop(0)
+            description = describe_file(path, library, None if node == "/" else node)
+            out[node] = dataset_from_description(description, **decode)
+            prefix = node.rstrip("/")
+            pending.extend(f"{prefix}/{child}" for child in description.groups)
+        return out
+
+    def open_datatree(  # type: ignore[override]
+        self, filename_or_obj: Any, **kwargs: Any
+    ) -> DataTree:
+        """The file's group hierarchy as a ``DataTree`` (``xr.open_datatree``)."""
+        groups = self.open_groups_as_dict(filename_or_obj, **kwargs)
+        root = next(iter(groups))
+        return DataTree.from_dict({k[len(root) :] or "/": v for k, v in groups.items()})

@@ -155,21 +155,82 @@ def _dtype(dset: h5py.Dataset) -> tuple[np.dtype, Any]:
     return dset.dtype, dset.dtype
 
 
+#: Blosc's compressor codes (the 7th value of its HDF5 filter parameters).
+BLOSC_COMPRESSORS = {
+    0: "blosc_lz",
+    1: "blosc_lz4",
+    2: "blosc_lz4hc",
+    3: "blosc_snappy",
+    4: "blosc_zlib",
+    5: "blosc_zstd",
+}
+#: Filters HDF5 itself provides (never a plugin).
+BUILTIN_FILTERS = {"gzip", "shuffle", "fletcher32", "szip", "lzf", "scaleoffset", "nbit"}
+FILTER_NAMES = {str(fid): name for name, fid in PLUGIN_FILTERS.items()}
+
+
+def _plugin(filters: dict[str, Any], name: str) -> tuple[Any, ...] | None:
+    fid = PLUGIN_FILTERS[name]
+    found = filters.get(str(fid), filters.get(fid))
+    return tuple(found) if found is not None else None
+
+
 def _filters(dset: h5py.Dataset) -> dict[str, Any]:
+    """Compression settings as netCDF4-python's ``Variable.filters()`` reports them."""
     filters = dset._filters
+    zstd, bzip2, blosc = (_plugin(filters, n) for n in ("zstd", "bzip2", "blosc"))
+    complevel = 0
+    if dset.compression == "gzip":
+        complevel = int(dset.compression_opts)
+    elif zstd or bzip2:
+        complevel = int((zstd or bzip2)[0])
+    elif blosc is not None and len(blosc) >= 7:
+        complevel = int(blosc[4])
     return {
         "zlib": dset.compression == "gzip",
         "szip": dset.compression == "szip",
-        **{name: str(fid) in filters or fid in filters for name, fid in PLUGIN_FILTERS.items()},
+        "zstd": zstd is not None,
+        "bzip2": bzip2 is not None,
+        "blosc": (
+            {"compressor": BLOSC_COMPRESSORS.get(blosc[6], str(blosc[6])), "shuffle": blosc[5]}
+            if blosc is not None and len(blosc) >= 7
+            else blosc is not None
+        ),
         "shuffle": bool(dset.shuffle),
-        "complevel": int(dset.compression_opts) if dset.compression == "gzip" else 0,
+        "complevel": complevel,
         "fletcher32": bool(dset.fletcher32),
     }
+
+
+def missing_filters(dset: h5py.Dataset) -> list[str]:
+    """Names of the HDF5 filters of ``dset`` that this process's h5py cannot decode."""
+    missing = []
+    for key in dset._filters:
+        if key in BUILTIN_FILTERS:
+            continue
+        try:
+            fid = int(key)
+        except ValueError:
+            continue
+        if not h5py.h5z.filter_avail(fid):
+            missing.append(f"{FILTER_NAMES.get(key, 'filter')} (HDF5 filter id {fid})")
+    return missing
+
+
+def filter_help(missing: list[str]) -> str:
+    return (
+        f"it is compressed with {', '.join(missing)}, which this HDF5 cannot decode: "
+        "pip install hdf5plugin and import hdf5plugin before reading, or read it with "
+        "library='netcdf4' (netCDF4's wheels carry zstd, bzip2 and blosc)"
+    )
 
 
 def _variable(handle: h5py.File, name: str, dset: h5py.Dataset, path: str) -> VariableDescription:
     dims = _variable_dims(handle, name, dset)
     dtype, encoded_dtype = _dtype(dset)
+    missing = missing_filters(dset)
+    if missing:
+        raise UnsupportedLayout(f"variable {name!r}: {filter_help(missing)}")
     attrs = _attributes(dset)
     if dtype.kind == "S" and "_FillValue" in attrs:
         attrs["_FillValue"] = np.bytes_(attrs["_FillValue"])
@@ -253,7 +314,13 @@ def read(handle: h5py.File, group: str | None, name: str, key: tuple[Any, ...]) 
         else:
             h5_key.append(k)
             out_axis += 0 if isinstance(k, int | np.integer) else 1
-    data = np.asarray(dset[tuple(h5_key)])
+    try:
+        data = np.asarray(dset[tuple(h5_key)])
+    except OSError as err:
+        missing = missing_filters(dset)
+        if not missing:
+            raise
+        raise OSError(f"cannot read variable {name!r}: {filter_help(missing)}") from err
     for axis, index in picks:
         data = np.take(data, index, axis=axis)
     return data

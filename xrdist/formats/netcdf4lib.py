@@ -17,6 +17,7 @@ the handle manager; :func:`proxy` gives the picklable way to reach one.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import netCDF4
@@ -38,6 +39,32 @@ def open_raw(path: str, mode: str = "r") -> netCDF4.Dataset:
     ds.set_auto_maskandscale(False)
     ds.set_auto_chartostring(False)
     return ds
+
+
+def _compressors(var: netCDF4.Variable) -> str:
+    filters = var.filters() or {}
+    names = [k for k in ("zstd", "bzip2", "blosc", "szip") if filters.get(k)]
+    return ", ".join(names) or "a filter"
+
+
+def _filter_error(var: netCDF4.Variable, path: str, err: Exception) -> OSError:
+    """A read failed inside netCDF-C's filter pipeline: say which filter and what to do."""
+    plugin_path = os.environ.get("HDF5_PLUGIN_PATH", "<unset>")
+    return OSError(
+        f"cannot read variable {var.name!r} of {path!r}: {err}. It is compressed with "
+        f"{_compressors(var)}, and netCDF-C found no plugin for it in HDF5_PLUGIN_PATH "
+        f"({plugin_path!r}); unset HDF5_PLUGIN_PATH so netCDF4 uses the plugins of its "
+        "wheel, or pip install hdf5plugin and point HDF5_PLUGIN_PATH at hdf5plugin.PLUGIN_PATH"
+    )
+
+
+def _values(var: netCDF4.Variable, path: str, key: Any) -> Any:
+    try:
+        return var[key]
+    except RuntimeError as err:
+        if "filter" in str(err).lower():
+            raise _filter_error(var, path, err) from err
+        raise
 
 
 def proxy(path: str) -> HandleProxy:
@@ -99,7 +126,7 @@ def _variable(name: str, var: netCDF4.Variable, path: str) -> VariableDescriptio
         encoding=encoding,
     )
     if dtype.kind != "O" and described.nbytes <= SMALL_VARIABLE_BYTES:
-        values = np.asarray(var[...])
+        values = np.asarray(_values(var, path, ...))
         values.flags.writeable = False
         return VariableDescription(**{**described.__dict__, "values": values})
     return described
@@ -128,4 +155,4 @@ def walk(
 def read(handle: netCDF4.Dataset, group: str | None, name: str, key: tuple[Any, ...]) -> Any:
     """``variable[key]`` (outer indexing), under the library lock."""
     with LOCK:
-        return _group(handle, group).variables[name][key]
+        return _values(_group(handle, group).variables[name], handle.filepath(), key)
