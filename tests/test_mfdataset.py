@@ -146,11 +146,17 @@ def test_small_cache_does_not_thrash(tmp_path, global_cache):
     tasks = ds.refl.data.npartitions
     global_cache.clear()
     global_cache.reset_info()
-    with xrdist.set_options(file_cache_maxsize=8), dask.config.set(scheduler="sync"):
+    sequential = xrdist.set_options(file_cache_maxsize=8, read_threads=1)
+    with sequential, dask.config.set(scheduler="sync"):
         ds.refl.compute()
     opens = xrdist.cache_info().opens
     assert opens <= len(paths) + (tasks - 1) * (len(paths) - 8)
-    assert opens < len(paths) * tasks
+    global_cache.clear()
+    global_cache.reset_info()
+    parallel = xrdist.set_options(file_cache_maxsize=8, read_threads=2)
+    with parallel, dask.config.set(scheduler="threads"):
+        ds.refl.compute()
+    assert xrdist.cache_info().opens < len(paths) * tasks
 
 
 def test_multiple_dates_per_file_and_nested(tmp_path):

@@ -39,7 +39,10 @@ def test_set_options_as_a_call_sticks():
         ({"file_cache_maxsize": True}, "positive integer"),
         ({"file_cache_maxweight": -5}, "positive integer or None"),
         ({"warn_for_unclosed_files": "yes"}, "True or False"),
-        ({"no_such_option": 1}, "not an xrdist option; valid options: file_cache_maxsize"),
+        (
+            {"no_such_option": 1},
+            "not an xrdist option; valid options: byte_range_reads, file_cache_maxsize",
+        ),
     ],
 )
 def test_bad_options_are_refused_with_what_is_valid(kwargs, words):

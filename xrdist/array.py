@@ -8,7 +8,10 @@ changed on disk since it was described.
 
 Notes
 -----
-Thread-safe: any number of threads may index one array at once. Picklable: they hold
+Thread-safe: any number of threads may index one array at once. A :class:`StackArray`
+read hands the files of its window to the process's reader threads (option
+``read_threads``), so one window decodes on every core; each thread holds one file's
+window at a time, so memory in flight is bounded by ``read_threads`` windows. Picklable: they hold
 :class:`~xrdist.proxy.HandleProxy` objects and the variable's name, shape and dtype,
 never a handle or data; unpickled in another process they read through that process's
 cache.
@@ -17,7 +20,10 @@ cache.
 from __future__ import annotations
 
 import itertools
+import os
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -26,6 +32,7 @@ from xarray.core import indexing
 
 from xrdist.formats import get_format
 from xrdist.identity import FileIdentity
+from xrdist.options import get_option
 from xrdist.proxy import HandleProxy
 
 
@@ -107,6 +114,34 @@ class FileArray(BackendArray):
 # Successive reads of a stack alternate the direction in which they visit its files, so
 # a read starts with the files the previous one used last, still in the handle cache.
 _direction = itertools.count()
+
+# The process's pool of reader threads (named "xrdist-read"), made on first use and sized
+# by the option read_threads; a forked child makes its own.
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+_pool_lock = threading.Lock()
+
+
+def _reader_pool() -> ThreadPoolExecutor | None:
+    """The shared reader pool, or None when ``read_threads`` is 1."""
+    global _pool, _pool_size
+    size = get_option("read_threads")
+    if size <= 1:
+        return None
+    with _pool_lock:
+        if _pool is None or _pool_size != size:
+            old, _pool, _pool_size = _pool, ThreadPoolExecutor(size, "xrdist-read"), size
+            if old is not None:
+                old.shutdown(wait=False)
+        return _pool
+
+
+def _forget_pool_after_fork() -> None:
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
 def _axis_length(key: Any, n: int) -> int | None:
@@ -193,7 +228,9 @@ class StackArray(BackendArray):
         bounds = list(zip(np.r_[0, runs], np.r_[runs, len(files)], strict=True))
         if next(_direction) % 2:
             bounds.reverse()
-        for lo, hi in bounds:
+
+        def read_run(run: tuple[int, int]) -> None:
+            lo, hi = run
             f = int(files[lo])
             where: list[Any] = [slice(None)] * out.ndim
             where[out_axis] = slice(lo, hi)
@@ -204,6 +241,14 @@ class StackArray(BackendArray):
             else:
                 file_key = (*key[:axis], *key[axis + 1 :])
                 out[tuple(where)] = np.expand_dims(self._read_file(f, file_key), out_axis)
+
+        pool = _reader_pool() if len(bounds) > 1 else None
+        if pool is None:
+            for run in bounds:
+                read_run(run)
+        else:  # each run writes its own slice of out; at most read_threads in flight
+            for future in [pool.submit(read_run, run) for run in bounds]:
+                future.result()
         return out.squeeze(axis=out_axis) if dropped else out
 
     def _read_file(self, f: int, key: tuple[Any, ...]) -> np.ndarray:

@@ -13,6 +13,7 @@ set options on the workers with ``client.run(xrdist.set_options, ...)``.
 
 from __future__ import annotations
 
+import os
 import resource
 import threading
 from collections.abc import Callable
@@ -46,12 +47,16 @@ _VALIDATORS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "file_cache_maxsize": (_positive_int, "a positive integer"),
     "file_cache_maxweight": (_positive_int_or_none, "a positive integer or None"),
     "warn_for_unclosed_files": (lambda v: isinstance(v, bool), "True or False"),
+    "byte_range_reads": (lambda v: isinstance(v, bool), "True or False"),
+    "read_threads": (_positive_int, "a positive integer"),
 }
 
 _OPTIONS: dict[str, Any] = {
     "file_cache_maxsize": default_file_cache_maxsize(),
     "file_cache_maxweight": None,
     "warn_for_unclosed_files": False,
+    "byte_range_reads": True,
+    "read_threads": os.cpu_count() or 1,
 }
 
 _lock = threading.Lock()
@@ -99,6 +104,12 @@ class set_options:  # named like xarray.set_options, used like a function
     warn_for_unclosed_files : bool
         Warn when a ``CachingFileManager`` is garbage-collected with its file open,
         as xarray's option of the same name does.
+    byte_range_reads : bool
+        Read chunked HDF5/netCDF-4 variables by byte ranges and decode them outside
+        HDF5's global lock (default True); False reads everything through h5py.
+    read_threads : int
+        Threads that read and decode the files of one window of a stack (default: the
+        number of CPUs; 1 reads them one after another in the calling thread).
 
     Examples
     --------

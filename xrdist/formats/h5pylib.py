@@ -22,15 +22,19 @@ Functions here are thread-safe. Handles are shared through the handle manager; u
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import h5py
 import numpy as np
+import zict
 from xarray.coding.strings import create_vlen_dtype
 
+from xrdist.byterange import ChunkIndex, build_chunk_index, unsupported_reason
 from xrdist.description import SMALL_VARIABLE_BYTES, FileDescription, VariableDescription
 from xrdist.identity import FileIdentity
 from xrdist.locks import HDF5, library_lock
+from xrdist.options import get_option
 from xrdist.proxy import HandleProxy
 
 LIBRARY = "h5py"
@@ -292,35 +296,92 @@ def walk(
         )
 
 
+# (file name, HDF5 file number, group, variable) -> ChunkIndex, or why there is none.
+# The file number changes when a file is reopened, so an index never outlives its handle.
+_indexes: zict.LRU[tuple[Any, ...], ChunkIndex | str] = zict.LRU(4096, {})
+_indexes_lock = threading.Lock()
+
+
+def chunk_index(handle: h5py.File, group: str | None, name: str) -> ChunkIndex | str:
+    """The byte-range index of a variable of an open file (built once), or the reason
+    it is read through h5py instead."""
+    key = (handle.filename, handle.id.fileno, group, name)
+    with _indexes_lock:
+        found = _indexes.get(key)
+    if found is None:
+        with LOCK:
+            dset = _node(handle, group)[name]
+            found = unsupported_reason(dset) or build_chunk_index(dset, handle.filename, name)
+        with _indexes_lock:
+            _indexes[key] = found
+    return found
+
+
+def read_path(handle: h5py.File, group: str | None, name: str) -> str:
+    """``"byte-range"``, or ``"h5py: <why>"``: how reads of this variable run."""
+    if not get_option("byte_range_reads"):
+        return "h5py: byte_range_reads is off"
+    index = chunk_index(handle, group, name)
+    return "byte-range" if isinstance(index, ChunkIndex) else f"h5py: {index}"
+
+
+def _bounding_box(
+    key: tuple[Any, ...], shape: tuple[int, ...]
+) -> tuple[tuple[slice, ...], list[Any]]:
+    """Unit-step slices that cover an outer-indexing key, and what to pick from them."""
+    box, picks = [], []
+    for k, n in zip(key, shape, strict=True):
+        if isinstance(k, int | np.integer):
+            k = int(k) + (n if k < 0 else 0)
+            box.append(slice(k, k + 1))
+            picks.append(0)
+        elif isinstance(k, slice):
+            start, stop, step = k.indices(n)
+            count = len(range(start, stop, step))
+            last = start + (count - 1) * step + 1 if count else start
+            box.append(slice(start, last))
+            picks.append(slice(None, None, step) if step != 1 else slice(None))
+        else:
+            k = np.asarray(k)
+            lo = int(k.min()) if k.size else 0
+            box.append(slice(lo, int(k.max()) + 1 if k.size else 0))
+            picks.append(k - lo)
+    return tuple(box), picks
+
+
+def _pick(data: np.ndarray, picks: list[Any]) -> np.ndarray:
+    for axis in reversed(range(len(picks))):
+        pick = picks[axis]
+        if isinstance(pick, slice):
+            if pick != slice(None):
+                data = data[(slice(None),) * axis + (pick,)]
+        else:
+            data = np.take(data, pick, axis=axis)
+    return data
+
+
 def read(handle: h5py.File, group: str | None, name: str, key: tuple[Any, ...]) -> Any:
     """``variable[key]`` with outer (orthogonal) indexing semantics.
 
-    h5py takes at most one increasing index list per selection, so index arrays are read
-    as their bounding slice and picked from in memory.
+    Chunked numeric variables are read by byte ranges and decoded in this thread (see
+    :mod:`xrdist.byterange`); others through h5py, which takes at most one increasing
+    index list per selection, so index arrays are read as their bounding slice and
+    picked from in memory.
     """
+    if get_option("byte_range_reads"):
+        index = chunk_index(handle, group, name)
+        if isinstance(index, ChunkIndex):
+            box, picks = _bounding_box(key, index.shape)
+            return _pick(index.read_box(handle.id.get_vfd_handle(), box), picks)
     dset = _node(handle, group)[name]
     if h5py.check_string_dtype(dset.dtype) is not None and dset.dtype.kind == "O":
         dset = dset.asstr()
-    h5_key: list[Any] = []
-    picks: list[tuple[int, np.ndarray]] = []
-    out_axis = 0
-    for k in key:
-        if isinstance(k, np.ndarray):
-            lo = int(k.min()) if k.size else 0
-            hi = int(k.max()) + 1 if k.size else 0
-            h5_key.append(slice(lo, hi))
-            picks.append((out_axis, k - lo))
-            out_axis += 1
-        else:
-            h5_key.append(k)
-            out_axis += 0 if isinstance(k, int | np.integer) else 1
+    box, picks = _bounding_box(key, dset.shape)
     try:
-        data = np.asarray(dset[tuple(h5_key)])
+        data = np.asarray(dset[box])
     except OSError as err:
         missing = missing_filters(dset)
         if not missing:
             raise
         raise OSError(f"cannot read variable {name!r}: {filter_help(missing)}") from err
-    for axis, index in picks:
-        data = np.take(data, index, axis=axis)
-    return data
+    return _pick(data, picks)
