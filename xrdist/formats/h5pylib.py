@@ -254,7 +254,10 @@ def _variable(handle: h5py.File, name: str, dset: h5py.Dataset, path: str) -> Va
     values = None
     nbytes = int(np.prod(dset.shape, dtype=np.int64)) * dtype.itemsize
     if dtype.kind != "O" and nbytes <= SMALL_VARIABLE_BYTES:
-        values = np.asarray(dset[()])
+        try:
+            values = np.asarray(dset[()])
+        except OSError as err:
+            raise OSError(f"cannot read variable {name!r} of {path!r}: {err}") from err
         values.flags.writeable = False
     return VariableDescription(
         name=name,

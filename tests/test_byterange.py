@@ -1,0 +1,193 @@
+"""Byte-range reads give the library path's values bit for bit; corruption is named."""
+
+from __future__ import annotations
+
+import h5py
+import netCDF4  # noqa: F401  (puts its filter plugins on HDF5_PLUGIN_PATH for h5py)
+import numpy as np
+import pytest
+import xarray as xr
+
+import xrdist
+from xrdist.byterange import CorruptChunkError, _fletcher32, build_chunk_index
+from xrdist.formats.h5pylib import chunk_index, read_path
+
+SHAPE, CHUNKS = (37, 23), (8, 7)  # edge chunks on both axes
+
+FILTERS = {
+    "raw": {},
+    "deflate": {"compression": "gzip", "compression_opts": 4},
+    "shuffle-deflate": {"compression": "gzip", "shuffle": True},
+    "shuffle-deflate-fletcher32": {"compression": "gzip", "shuffle": True, "fletcher32": True},
+    "fletcher32": {"fletcher32": True},
+    "bzip2": {"compression": 307, "compression_opts": (5,)},
+    "zstd": {"compression": 32015, "compression_opts": (3,)},
+    "zstd-shuffle": {"compression": 32015, "compression_opts": (3,), "shuffle": True},
+}
+DTYPES = ["i1", "u1", ">i2", "<u2", ">i4", "f4", ">f8", "u8"]
+
+
+def _values(dtype: str, rng: np.random.Generator) -> np.ndarray:
+    dt = np.dtype(dtype)
+    if dt.kind == "f":
+        return (rng.standard_normal(SHAPE) * 1e3).astype(dt)
+    info = np.iinfo(dt)
+    return rng.integers(info.min, info.max, SHAPE, dtype=dt.newbyteorder("="), endpoint=True)
+
+
+@pytest.fixture(scope="module")
+def h5file(tmp_path_factory):
+    """Every filter combination x dtype, with a fill value and unwritten chunks."""
+    path = tmp_path_factory.mktemp("br") / "filters.h5"
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as f:
+        for fname, kwargs in FILTERS.items():
+            for dtype in DTYPES:
+                f.create_dataset(
+                    f"{fname}/{dtype}",
+                    data=_values(dtype, rng).astype(dtype),
+                    chunks=CHUNKS,
+                    fillvalue=7,
+                    **kwargs,
+                )
+        sparse = f.create_dataset(
+            "sparse",
+            shape=(30, 30),
+            chunks=(10, 10),
+            dtype=">f4",
+            fillvalue=-1.5,
+            compression="gzip",
+        )
+        sparse[10:20, 0:10] = 42.0  # one chunk written; the rest unallocated
+        f.create_dataset(
+            "odd", data=np.arange(35, dtype="u1").reshape(5, 7), chunks=(5, 7), fletcher32=True
+        )
+    return str(path)
+
+
+KEYS = [
+    (slice(None), slice(None)),
+    (slice(3, 29), slice(2, 21)),
+    (5, slice(None)),
+    (slice(1, 36, 4), slice(0, 23, 3)),
+    (np.array([0, 9, 36]), np.array([22, 1, 7])),
+    (slice(10, 10), slice(None)),
+]
+
+
+@pytest.mark.parametrize("fname", list(FILTERS))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bit_for_bit_with_h5py(h5file, fname, dtype):
+    name = f"{fname}/{dtype}"
+    with h5py.File(h5file, "r") as f:
+        dset = f[name]
+        index = build_chunk_index(dset, h5file, name)
+        fd = f.id.get_vfd_handle()
+        full = index.read_box(fd, (slice(0, SHAPE[0]), slice(0, SHAPE[1])))
+        assert full.dtype == dset.dtype
+        np.testing.assert_array_equal(full, dset[...])
+        assert full.tobytes() == dset[...].tobytes()
+        assert read_path(f, None, name) == "byte-range"
+        from xrdist.formats.h5pylib import read
+
+        for key in KEYS:
+            expected = dset[...][
+                np.ix_(
+                    *[
+                        np.arange(n)[k] if not isinstance(k, int) else [k]
+                        for k, n in zip(key, SHAPE, strict=True)
+                    ]
+                )
+            ]
+            if isinstance(key[0], int):
+                expected = expected[0]
+            np.testing.assert_array_equal(read(f, None, name, key), expected)
+
+
+def test_unallocated_chunks_read_as_fill_value(h5file):
+    with h5py.File(h5file, "r") as f:
+        index = build_chunk_index(f["sparse"], h5file, "sparse")
+        assert (index.offsets >= 0).sum() == 1
+        got = index.read_box(f.id.get_vfd_handle(), (slice(0, 30), slice(5, 25)))
+        np.testing.assert_array_equal(got, f["sparse"][:, 5:25])
+        assert got.dtype == np.dtype(">f4")
+
+
+def test_fletcher32_matches_hdf5_on_odd_lengths(h5file):
+    """35-byte chunk: the odd last byte is summed on its own, as HDF5 does."""
+    with h5py.File(h5file, "r") as f:
+        index = build_chunk_index(f["odd"], h5file, "odd")
+        np.testing.assert_array_equal(
+            index.read_box(f.id.get_vfd_handle(), (slice(0, 5), slice(0, 7))), f["odd"][...]
+        )
+    assert _fletcher32(b"\x01\x02\x03") == _fletcher32(b"\x01\x02\x03")
+    assert _fletcher32(b"") == 0
+
+
+def test_corrupt_chunk_names_file_variable_and_chunk(tmp_path):
+    path = tmp_path / "corrupt.nc"
+    data = np.random.default_rng(1).random((200, 150))  # above the small-value threshold
+    xr.Dataset({"good": (("y", "x"), data), "bad": (("y", "x"), data)}).to_netcdf(
+        path, encoding={v: {"zlib": True, "chunksizes": (100, 75)} for v in ("good", "bad")}
+    )
+    with h5py.File(path, "r") as f:
+        info = f["bad"].id.get_chunk_info(3)
+    raw = bytearray(path.read_bytes())
+    raw[info.byte_offset + 10 : info.byte_offset + 40] = b"\xff" * 30
+    path.write_bytes(bytes(raw))
+    ds = xr.open_dataset(path, engine="xrdist")
+    with pytest.raises(CorruptChunkError, match=r"corrupt.nc', variable 'bad', chunk \(1, 1\)"):
+        ds["bad"].values  # noqa: B018
+    np.testing.assert_array_equal(ds["good"].values, data)  # other variables still read
+
+
+def test_checksum_mismatch_is_an_error(tmp_path):
+    path = tmp_path / "sum.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("v", data=np.arange(100, dtype="i4"), chunks=(50,), fletcher32=True)
+        info = f["v"].id.get_chunk_info(1)
+    raw = bytearray(path.read_bytes())
+    raw[info.byte_offset + 4] ^= 0xFF  # flip payload bits, leave the checksum
+    path.write_bytes(bytes(raw))
+    with h5py.File(path, "r") as f:
+        index = build_chunk_index(f["v"], str(path), "v")
+        with pytest.raises(CorruptChunkError, match="fletcher32 checksum mismatch"):
+            index.read_box(f.id.get_vfd_handle(), (slice(0, 100),))
+
+
+def test_option_switches_to_the_library_path(h5file):
+    with h5py.File(h5file, "r") as f:
+        with xrdist.set_options(byte_range_reads=False):
+            assert read_path(f, None, "deflate/f4") == "h5py: byte_range_reads is off"
+        assert isinstance(chunk_index(f, None, "deflate/f4"), object)
+
+
+def test_unsupported_layouts_say_why(tmp_path):
+    path = tmp_path / "layouts.h5"
+    with h5py.File(path, "w") as f:
+        f["contiguous"] = np.arange(10.0)
+        f.create_dataset(
+            "strings",
+            data=np.array(["a", "b"], dtype=object),
+            dtype=h5py.string_dtype(),
+            chunks=(1,),
+        )
+        f.create_dataset("lzf", data=np.arange(10.0), chunks=(5,), compression="lzf")
+    with h5py.File(path, "r") as f:
+        assert read_path(f, None, "contiguous").startswith("h5py: not chunked")
+        assert "dtype" in read_path(f, None, "strings")
+        assert read_path(f, None, "lzf") == "h5py: filter 32000 is decoded by HDF5 only"
+
+
+def test_corrupt_small_variable_is_named_at_open(tmp_path):
+    path = tmp_path / "small.nc"
+    xr.Dataset({"tiny": ("x", np.random.default_rng(2).random(500))}).to_netcdf(
+        path, encoding={"tiny": {"zlib": True, "chunksizes": (250,)}}
+    )
+    with h5py.File(path, "r") as f:
+        info = f["tiny"].id.get_chunk_info(0)
+    raw = bytearray(path.read_bytes())
+    raw[info.byte_offset + 5 : info.byte_offset + 50] = b"\x00" * 45
+    path.write_bytes(bytes(raw))
+    with pytest.raises(OSError, match=r"cannot read variable 'tiny' of .*small.nc"):
+        xr.open_dataset(path, engine="xrdist")
