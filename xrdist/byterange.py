@@ -29,6 +29,15 @@ from typing import Any
 
 import numpy as np
 
+try:  # libdeflate: about twice zlib's speed when the output size is known
+    from imagecodecs import deflate_decode as _deflate_decode
+except ImportError:  # pragma: no cover - imagecodecs is a dependency
+    _deflate_decode = None
+try:  # C shuffle, HDF5-compatible, several times numpy's speed
+    from numcodecs import Shuffle as _Shuffle
+except ImportError:  # pragma: no cover - numcodecs is a dependency
+    _Shuffle = None
+
 # HDF5 filter ids
 DEFLATE, SHUFFLE, FLETCHER32 = 1, 2, 3
 BZIP2, LZ4, BLOSC, ZSTD = 307, 32004, 32001, 32015
@@ -88,7 +97,20 @@ def _fletcher32(data: bytes) -> int:
     return (sum2 << 16) | sum1
 
 
-def _unshuffle(data: bytes, itemsize: int) -> bytes:
+def _inflate(data: bytes, size: int) -> Any:
+    """Deflate-decode ``data`` whose decoded length is ``size``."""
+    if _deflate_decode is not None:
+        try:
+            return _deflate_decode(data, out=size)
+        except Exception:  # a size we guessed wrong: the general decoder below
+            pass
+    return zlib.decompress(data)
+
+
+def _unshuffle(data: Any, itemsize: int) -> Any:
+    if _Shuffle is not None:
+        return _Shuffle(itemsize).decode(data)
+    data = bytes(data)
     n = len(data) // itemsize
     raw = np.frombuffer(data, dtype=np.uint8)
     body = raw[: n * itemsize].reshape(itemsize, n).T.reshape(-1)
@@ -127,10 +149,11 @@ class ChunkIndex:
                     continue
                 fid = self.pipeline[position][0]
                 if fid == DEFLATE:
-                    data = zlib.decompress(data)
+                    data = _inflate(data, self._size_before(position, mask))
                 elif fid == SHUFFLE:
                     data = _unshuffle(data, self.dtype.itemsize)
                 elif fid == FLETCHER32:
+                    data = bytes(data)
                     stored = int.from_bytes(data[-4:], "little")
                     data = data[:-4]
                     if _fletcher32(data) != stored:
@@ -146,6 +169,15 @@ class ChunkIndex:
             raise CorruptChunkError(self._where(where, str(err))) from None
         except Exception as err:
             raise CorruptChunkError(self._where(where, f"failed to decode: {err!r}")) from err
+
+    def _size_before(self, position: int, mask: int) -> int:
+        """Bytes of a chunk as it entered filter ``position`` when written: the raw
+        chunk plus 4 for each active fletcher32 applied before it."""
+        size = int(np.prod(self.chunks)) * self.dtype.itemsize
+        for earlier in range(position):
+            if self.pipeline[earlier][0] == FLETCHER32 and not mask & (1 << earlier):
+                size += 4
+        return size
 
     def _where(self, where: tuple[int, ...], what: str) -> str:
         return f"{self.path!r}, variable {self.name!r}, chunk {where}: {what}"
