@@ -432,3 +432,14 @@ except OSError as err:
     assert "zstd (HDF5 filter id 32015)" in out.stdout
     assert "pip install hdf5plugin" in out.stdout and str(plugin_file) in out.stdout
     assert "AUTO cannot read variable" in out.stdout and "HDF5_PLUGIN_PATH" in out.stdout
+
+
+def test_hdf5_user_block_of_any_size_is_recognised(tmp_path):
+    import h5py
+
+    from xrdist.backend import sniff_format
+
+    path = tmp_path / "userblock.h5"
+    with h5py.File(path, "w", userblock_size=8192) as f:
+        f["x"] = np.arange(3)
+    assert sniff_format(str(path)) == "hdf5"

@@ -268,3 +268,41 @@ def test_duplicate_times_are_named(tmp_path):
 def test_no_files_match(tmp_path):
     with pytest.raises(FileNotFoundError, match="no files match the pattern"):
         xrdist.open_mfdataset(str(tmp_path / "*.nc"))
+
+
+def test_small_data_variables_that_differ_are_stacked_per_file(tmp_path):
+    """A small variable without 'time' that differs between files is stacked with each
+    file's own values, as xarray's data_vars='all' does."""
+    paths = write_stack(tmp_path / "d", dates=4)
+    for i, path in enumerate(paths):
+        ds = xr.open_dataset(path).load()
+        ds.close()
+        ds["mask"] = ds.mask + i
+        ds.to_netcdf(path)
+    ours = xrdist.open_mfdataset(paths, chunks={})
+    theirs = reference(paths, {})
+    xr.testing.assert_identical(ours.compute(), theirs.compute())
+    assert ours.mask.isel(time=3).max() == ours.mask.isel(time=0).max() + 3
+    with pytest.raises(xrdist.StackError, match=r"'mask'.*data_vars='minimal'"):
+        xrdist.open_mfdataset(paths, data_vars="minimal")
+
+
+def test_overlapping_files_are_named(tmp_path):
+    paths = write_stack(tmp_path / "o", dates=8, per_file=2)
+    ds = xr.open_dataset(paths[1]).load()
+    ds.close()
+    shifted = ds.assign_coords(time=ds.time - np.timedelta64(5, "D"))  # overlaps file 0
+    shifted.time_bnds.values[:] = shifted.time.values[:, None]
+    shifted.to_netcdf(paths[1])
+    with pytest.raises(xrdist.StackError, match="overlap"):
+        xrdist.open_mfdataset(paths)
+
+
+def test_empty_chunks_mean_on_disk_chunks_as_in_xarray(stack):
+    ours = xrdist.open_mfdataset(stack, chunks={})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        theirs = xr.open_mfdataset(stack, engine="netcdf4", data_vars="all", chunks={})
+    assert ours.refl.chunks == theirs.refl.chunks
+    with pytest.raises(ValueError, match=r"dimensions \['lat'\] that the dataset does not"):
+        xrdist.open_mfdataset(stack, chunks={"lat": 4})

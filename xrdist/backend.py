@@ -34,8 +34,9 @@ from xrdist.locks import canonical_path
 NETCDF_EXTENSIONS = (".nc", ".nc3", ".nc4", ".cdf", ".netcdf", ".h5", ".hdf5", ".he5", ".hdf")
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 NETCDF3_MAGICS = (b"CDF\x01", b"CDF\x02", b"CDF\x05")
-#: HDF5 allows a user block before the superblock: the signature may sit at these offsets.
-HDF5_SIGNATURE_OFFSETS = (0, 512, 1024, 2048)
+#: HDF5 allows a user block before the superblock: the signature sits at 0 or at a power
+#: of two from 512 on.
+HDF5_SIGNATURE_OFFSETS = (0, *(512 << k for k in range(24)))
 
 AUTO = "auto"
 DEFAULT_LIBRARY = AUTO
@@ -58,7 +59,10 @@ def sniff_format(path: str) -> str | None:
         return "netcdf3"
     if first == HDF5_MAGIC:
         return "hdf5"
+    size = os.path.getsize(path)
     for offset in HDF5_SIGNATURE_OFFSETS[1:]:
+        if offset + 8 > size:
+            break
         if read_magic(path, offset) == HDF5_MAGIC:
             return "hdf5"
     return None
@@ -283,6 +287,7 @@ class XrdistBackendEntrypoint(BackendEntrypoint):
                 concat_dim=concat_dim,
                 combine=combine,
                 decode=decode,
+                data_vars=data_vars,
             )
             return stack_dataset(stack, data_vars=data_vars, **decode)
         if not isinstance(filename_or_obj, str | os.PathLike):

@@ -92,8 +92,13 @@ def stack_dataset(stack: Stack, *, data_vars: str = "all", **decode: Any) -> Dat
             raw[name] = Variable(var.dims, _lazy(array), attrs, encoding)
         elif data_vars == "all" and name not in coords:
             dims, shape = (dim, *var.dims), (total, *var.shape)
-            if var.values is not None:
-                data: Any = np.broadcast_to(var.values, shape)
+            if var.values is not None:  # each file's own (small) values, repeated
+                data: Any = np.concatenate(
+                    [
+                        np.broadcast_to(d.variables[name].values, (n, *var.shape))
+                        for d, n in zip(stack.descriptions, stack.file_lengths, strict=True)
+                    ]
+                )
             else:
                 data = _lazy(
                     StackArray(
@@ -212,13 +217,17 @@ def layout_of(stack: Stack, ds: Dataset, name: str) -> Layout:
     )
 
 
-def _chunk_request(chunks: Any, dims: tuple[str, ...]) -> Mapping[str, Any] | str:
+def _chunk_request(chunks: Any, layout: Layout) -> Mapping[str, Any] | str:
+    """One variable's share of a dataset-wide chunk request. ``{}`` means the on-disk
+    chunks (as in xarray); dimensions a variable lacks are ignored."""
     if chunks == "auto":
         return "auto"
     if isinstance(chunks, int):
-        return dict.fromkeys(dims, chunks)
+        return dict.fromkeys(layout.dims, chunks)
     if isinstance(chunks, Mapping):
-        return {d: c for d, c in chunks.items() if d in dims}
+        if not chunks:
+            return {d: layout.tile(a) for a, d in enumerate(layout.dims)}
+        return {d: c for d, c in chunks.items() if d in layout.dims}
     raise TypeError(f"chunks must be a mapping, an int or 'auto', not {chunks!r}")
 
 
@@ -235,12 +244,19 @@ def plan_dataset(
     max_mem = max_mem or default_max_mem()
     distributed = _active_client() is not None
     min_tasks = 2 * _total_threads()
+    if isinstance(chunks, Mapping):
+        unknown = set(chunks) - set(ds.dims)
+        if unknown:
+            raise ValueError(
+                f"chunks name dimensions {sorted(unknown)} that the dataset does not have; "
+                f"its dimensions are {list(ds.dims)}"
+            )
     plans: dict[str, VariablePlan] = {}
     for name, var in ds.variables.items():
         if name in ds.indexes or var.dims == (name,) or var.ndim == 0:
             continue
         layout = layout_of(stack, ds, name)
-        request = _chunk_request(chunks, var.dims)
+        request = _chunk_request(chunks, layout)
         plans[name] = plan_variable(
             layout,
             request,
@@ -267,7 +283,7 @@ def _warn_amplification(plan: Plan) -> None:
                     else "Reading directly as asked (strategy='direct')."
                 ),
                 AmplificationWarning,
-                stacklevel=4,
+                stacklevel=3,
             )
 
 
@@ -363,6 +379,7 @@ def open_mfdataset(
         combine=combine,
         parallel=parallel,
         decode=decode,
+        data_vars=data_vars,
     )
     ds = stack_dataset(stack, data_vars=data_vars, **decode)
     if chunks is None:
@@ -387,8 +404,16 @@ def plan(
     library: str = DEFAULT_LIBRARY,
     group: str | None = None,
 ) -> Plan:
-    """The read plan ``open_mfdataset`` would follow for ``chunks``, without opening."""
-    stack = scan(paths, library=library, group=group, concat_dim=concat_dim, combine=combine)
+    """The read plan ``open_mfdataset`` would follow for ``chunks``: the files are scanned
+    (described, through the cache) but no data is read."""
+    stack = scan(
+        paths,
+        library=library,
+        group=group,
+        concat_dim=concat_dim,
+        combine=combine,
+        data_vars=data_vars,
+    )
     ds = stack_dataset(stack, data_vars=data_vars)
     return plan_dataset(
         stack, ds, chunks, max_mem=max_mem, strategy=strategy, threshold=amplification_threshold

@@ -424,16 +424,17 @@ class Plan:
 
     def __repr__(self) -> str:
         head = (
-            f"<xrdist.Plan: {self.n_files} files, {len(self.variables)} variables, "
-            f"{self.tasks} read tasks, {format_bytes(self.bytes_decoded)} decoded for "
+            f"<xrdist.Plan: {_count(self.n_files, 'file')}, "
+            f"{_count(len(self.variables), 'variable')}, {_count(self.tasks, 'read task')}, "
+            f"{format_bytes(self.bytes_decoded)} decoded for "
             f"{format_bytes(self.bytes_needed)} needed, max_mem {format_bytes(self.max_mem)}>"
         )
         lines = [head]
         for row in self.rows():
             lines.append(
                 f"  {row['variable']}: {row['strategy']}, chunks {{{row['chunks']}}}, "
-                f"{row['tasks']} tasks, amplification {row['amplification']}, "
-                f"{row['memory/task']}/task, {row['files/task']} files/task\n"
+                f"{_count(row['tasks'], 'task')}, amplification {row['amplification']}, "
+                f"{row['memory/task']}/task, {_count(row['files/task'], 'file')}/task\n"
                 f"    why: {row['why']}"
             )
         return "\n".join(lines)
@@ -447,6 +448,10 @@ class Plan:
         )
         title = html.escape(repr(self).splitlines()[0])
         return f"<div><p>{title}</p><table><tr>{head}</tr>{body}</table></div>"
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def format_bytes(n: float) -> str:

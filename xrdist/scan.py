@@ -170,11 +170,12 @@ def _attr_key(value: Any) -> Any:
 
 
 def variable_signature(
-    var: VariableDescription, concat_dim: str, per_file: bool = False
+    var: VariableDescription, concat_dim: str, per_file: bool = False, by_value: bool = True
 ) -> tuple[Any, ...]:
     """What must agree across files for ``var`` to stack: everything but the length along
-    the concatenation dimension, the values of variables along it, and the decoding
-    attributes of variables decoded file by file."""
+    the concatenation dimension, the values of variables along it (and of those
+    without it that are stacked anyway, unless ``by_value``), and the decoding attributes
+    of variables decoded file by file."""
     along = concat_dim in var.dims
     shape = tuple(n for d, n in zip(var.dims, var.shape, strict=True) if d != concat_dim)
     attrs = (
@@ -182,15 +183,25 @@ def variable_signature(
         if per_file
         else tuple((k, _attr_key(var.attrs[k])) for k in DECODING_ATTRS if k in var.attrs)
     )
-    values = None if along or var.values is None else _digest(var.values)
+    values = None if along or var.values is None or not by_value else _digest(var.values)
     return (var.name, var.dims, var.dtype.str, shape, attrs, values)
 
 
+def compared_by_value(description: FileDescription, data_vars: str) -> frozenset[str]:
+    """Variables without the stacked dimension whose values must agree across files:
+    coordinates always; data variables too unless they are stacked (``"all"``)."""
+    coords = coordinate_names(description)
+    return frozenset(name for name in description.variables if data_vars != "all" or name in coords)
+
+
 def file_signature(
-    description: FileDescription, concat_dim: str, per_file: frozenset[str] = frozenset()
+    description: FileDescription,
+    concat_dim: str,
+    per_file: frozenset[str] = frozenset(),
+    by_value: frozenset[str] | None = None,
 ) -> tuple[Any, ...]:
     variables = tuple(
-        variable_signature(v, concat_dim, name in per_file)
+        variable_signature(v, concat_dim, name in per_file, by_value is None or name in by_value)
         for name, v in sorted(description.variables.items())
     )
     dims = tuple(sorted((d, n) for d, n in description.dims.items() if d != concat_dim))
@@ -204,9 +215,9 @@ def _difference(first: FileDescription, other: FileDescription, concat_dim: str)
     if missing or extra:
         parts = []
         if missing:
-            parts.append(f"lacks variables {missing}")
+            parts.append(f"it lacks variables {missing}")
         if extra:
-            parts.append(f"has extra variables {extra}")
+            parts.append(f"it has extra variables {extra}")
         return " and ".join(parts)
     for name in sorted(first.variables):
         a, b = first.variables[name], other.variables[name]
@@ -232,7 +243,8 @@ def _difference(first: FileDescription, other: FileDescription, concat_dim: str)
         if sa[5] != sb[5]:
             return (
                 f"variable {name!r} (which does not have {concat_dim!r}) has different "
-                "values; alignment of differing coordinates is not supported"
+                "values; differing coordinates are not aligned (and with "
+                "data_vars='minimal' data variables must agree too)"
             )
     for dim in sorted(set(first.dims) | set(other.dims)):
         if dim != concat_dim and first.dims.get(dim) != other.dims.get(dim):
@@ -240,18 +252,21 @@ def _difference(first: FileDescription, other: FileDescription, concat_dim: str)
     return "its layout differs"  # pragma: no cover - signatures differ somewhere above
 
 
-def validate(descriptions: Sequence[FileDescription], concat_dim: str) -> None:
+def validate(
+    descriptions: Sequence[FileDescription], concat_dim: str, data_vars: str = "all"
+) -> None:
     """Raise :class:`StackError` naming the first file that does not stack with the first."""
     first = descriptions[0]
     if not first.variables:
         raise StackError(f"{first.path!r} has no variables to stack")
     per_file = decoded_per_file(first, concat_dim)
-    expected = file_signature(first, concat_dim, per_file)
+    by_value = compared_by_value(first, data_vars)
+    expected = file_signature(first, concat_dim, per_file, by_value)
     for other in descriptions[1:]:
-        if file_signature(other, concat_dim, per_file) != expected:
+        if file_signature(other, concat_dim, per_file, by_value) != expected:
             raise StackError(
                 f"{other.path!r} does not stack with {first.path!r} along {concat_dim!r}: "
-                f"it {_difference(first, other, concat_dim)}"
+                f"{_difference(first, other, concat_dim)}"
             )
 
 
@@ -314,6 +329,7 @@ def scan(
     combine: str = "by_coords",
     parallel: bool = True,
     decode: Mapping[str, Any] | None = None,
+    data_vars: str = "all",
 ) -> Stack:
     """Describe ``paths`` and check that they stack; see the module docstring.
 
@@ -332,7 +348,7 @@ def scan(
         concat_dim = (
             infer_concat_dim(descriptions) if len(descriptions) > 1 else _only_dim(descriptions[0])
         )
-    validate(descriptions, concat_dim)
+    validate(descriptions, concat_dim, data_vars)
     per_file = decoded_per_file(descriptions[0], concat_dim)
     decoded = [decode_file_coordinates(d, per_file, decode) for d in descriptions]
     if combine == "by_coords":
@@ -373,12 +389,13 @@ def _order_by_coordinate(
                 f"{d.path!r} has no values for coordinate {dim!r} to order the files by; "
                 "pass combine='nested' to keep the order given"
             )
-        keys.append(var.values[0])
-    order = sorted(range(len(descriptions)), key=lambda i: keys[i])
+        keys.append((var.values[0], var.values[-1]))
+    order = sorted(range(len(descriptions)), key=lambda i: keys[i][0])
     for a, b in itertools.pairwise(order):
-        if keys[a] == keys[b]:
+        if keys[b][0] <= keys[a][1]:
             raise StackError(
-                f"{descriptions[a].path!r} and {descriptions[b].path!r} both start at "
-                f"{dim}={keys[a]!r}: duplicate or overlapping files"
+                f"{descriptions[a].path!r} ({dim} {keys[a][0]!r} to {keys[a][1]!r}) and "
+                f"{descriptions[b].path!r} (from {keys[b][0]!r}) overlap: duplicate or "
+                "overlapping files"
             )
     return order
