@@ -955,3 +955,18 @@ def test_layout_tile_and_files():
     assert SAT.n_files == 120
     assert [CONTIG.tile(a) for a in range(2)] == [10, 256]
     assert ONE_D.n_files == 1
+
+
+def test_rechunk_reads_fit_max_mem_by_cutting_the_concat_axis():
+    """Whole-image chunks read for a tiled target: the aligned read of the whole stack
+    would not fit, so it is cut along the files (a classic rechunk)."""
+    layout = Layout(
+        "v", ("time", "y", "x"), (120, 1024, 1024), 2, 4, (1, 1024, 1024), 0, (1,) * 120
+    )
+    budget = 256 * 2**20
+    plan = plan_variable(layout, {"time": -1, "y": 256, "x": 256}, max_mem=budget)
+    assert plan.strategy == "rechunk"
+    assert plan.read_chunks[0] == (32, 32, 32, 24)
+    assert plan.read_chunks[1:] == ((1024,), (1024,))
+    assert task_memory(layout, plan.read_chunks) <= budget
+    assert plan.amplification == 1.0

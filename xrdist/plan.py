@@ -273,6 +273,22 @@ def auto_chunks(layout: Layout, max_mem: int, min_tasks: int = 1) -> dict[str, i
     }
 
 
+def _fit_concat_axis(layout: Layout, chunks: NormalizedChunks, max_mem: int) -> NormalizedChunks:
+    """``chunks`` with the concatenation axis cut into whole on-disk chunks (within files)
+    until a task fits in ``max_mem`` (the other axes unchanged)."""
+    axis = layout.concat_axis
+    if axis is None or task_memory(layout, chunks) <= max_mem or layout.shape[axis] == 0:
+        return chunks
+    tile = layout.tile(axis)
+    per_step = task_memory(layout, (*chunks[:axis], (1,), *chunks[axis + 1 :]))
+    steps = max(tile, (max_mem // max(1, per_step)) // tile * tile)
+    return (
+        *chunks[:axis],
+        normalize_chunks(layout, {layout.dims[axis]: steps})[axis],
+        *chunks[axis + 1 :],
+    )
+
+
 # -- plans ------------------------------------------------------------------------------
 
 
@@ -350,7 +366,15 @@ def plan_variable(
                 f"on-disk chunks would decode as much ({aligned_amp:.2f}): reading directly"
             )
     else:
-        read, chosen = aligned, "rechunk"
+        read, chosen = _fit_concat_axis(layout, aligned, max_mem), "rechunk"
+        suggestion = (
+            {
+                d: (lengths if len(lengths) > 1 else -1)
+                for d, lengths in zip(layout.dims, read, strict=True)
+            }
+            if read != aligned
+            else suggestion
+        )
         method = "p2p" if distributed else "tasks"
         how = "dask P2P (distributed client)" if distributed else "tasks"
         why = (
