@@ -7,6 +7,12 @@ import sys
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from xrdist import demo
+
+    return demo.run(args)
+
+
+def _cache_demo(args: argparse.Namespace) -> int:
     from xrdist import handle_demo
 
     handle_demo.run(
@@ -20,15 +26,26 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser(
         "demo",
+        help="cloud-free median of a synthetic satellite stack: xrdist vs xarray + dask",
+        description="Write a synthetic satellite stack (one netCDF file per date, clouds as "
+        "nodata), compute the cloud-free median composite with xrdist and with plain xarray "
+        "+ dask, print a side-by-side table and write a PNG.",
+    )
+    from xrdist.demo import add_arguments
+
+    add_arguments(demo)
+    demo.set_defaults(run=_demo)
+    cache = commands.add_parser(
+        "cache-demo",
         help="read many real netCDF files from threads through the handle cache",
         description="Write small netCDF4 files, read them from threads through xrdist's "
         "handle cache (h5py and netCDF4 handles), check every value, print the statistics.",
     )
-    demo.add_argument("--files", type=int, default=300, help="number of files (default 300)")
-    demo.add_argument("--threads", type=int, default=8, help="reader threads (default 8)")
-    demo.add_argument("--passes", type=int, default=3, help="reads of each file (default 3)")
-    demo.add_argument("--cache-size", type=int, default=32, help="handle cache size (default 32)")
-    demo.set_defaults(run=_demo)
+    cache.add_argument("--files", type=int, default=300, help="number of files (default 300)")
+    cache.add_argument("--threads", type=int, default=8, help="reader threads (default 8)")
+    cache.add_argument("--passes", type=int, default=3, help="reads of each file (default 3)")
+    cache.add_argument("--cache-size", type=int, default=32, help="handle cache size (default 32)")
+    cache.set_defaults(run=_cache_demo)
     return parser
 
 

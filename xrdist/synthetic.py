@@ -1,0 +1,129 @@
+"""A synthetic satellite stack: one netCDF file per date, clouds as nodata, a real CRS.
+
+Each date is a smooth surface (the "ground") plus per-date noise, stored as ``uint16``
+reflectance with ``scale_factor=1e-4`` and ``_FillValue=0``; about a fifth of each date is
+covered by blobs of cloud written as the fill value. Coordinates are pixel centres of a
+UTM grid (EPSG:32633, 30 m pixels) and a ``spatial_ref`` variable carries the CRS as CF
+grid-mapping attributes and WKT, the way rioxarray writes it. A cloud-free median over
+time recovers the surface: the job xrdist exists for.
+
+Layouts: ``tiles`` (zlib+shuffle, on-disk chunks of ``tile`` x ``tile``), ``whole`` (one
+compressed chunk per date) and ``contiguous`` (uncompressed).
+
+Notes
+-----
+Pure functions of their arguments (a seeded generator): the same call writes the same
+bytes. Not thread-safe for one folder (it writes files).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+SCALE = np.float32(1e-4)
+PIXEL = 30.0
+ORIGIN = (500_000.0, 5_000_000.0)  # upper-left corner, metres (UTM zone 33N)
+LAYOUTS = ("tiles", "whole", "contiguous")
+CRS_WKT = (
+    'PROJCS["WGS 84 / UTM zone 33N",GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",'
+    '6378137,298.257223563]],PRIMEM["Greenwich",0],UNIT["degree",0.0174532925199433]],'
+    'PROJECTION["Transverse_Mercator"],PARAMETER["latitude_of_origin",0],'
+    'PARAMETER["central_meridian",15],PARAMETER["scale_factor",0.9996],'
+    'PARAMETER["false_easting",500000],PARAMETER["false_northing",0],UNIT["metre",1],'
+    'AUTHORITY["EPSG","32633"]]'
+)
+
+
+def surface(size: int) -> np.ndarray:
+    """The cloud-free ground reflectance, smooth, between about 0.05 and 0.55."""
+    y, x = np.meshgrid(np.linspace(0, 1, size), np.linspace(0, 1, size), indexing="ij")
+    return (
+        0.3
+        + 0.15 * np.sin(6 * x) * np.cos(4 * y)
+        + 0.1 * np.exp(-((x - 0.6) ** 2 + (y - 0.4) ** 2) / 0.02)
+    ).astype(np.float32)
+
+
+def clouds(rng: np.random.Generator, size: int, fraction: float = 0.2) -> np.ndarray:
+    """A boolean cloud mask: round blobs added until they cover about ``fraction``."""
+    y, x = np.ogrid[:size, :size]
+    mask = np.zeros((size, size), dtype=bool)
+    while mask.mean() < fraction:
+        cy, cx = rng.integers(0, size, 2)
+        radius = rng.uniform(0.04, 0.12) * size
+        mask |= (y - cy) ** 2 + (x - cx) ** 2 <= radius**2
+    return mask
+
+
+def spatial_ref() -> xr.DataArray:
+    return xr.DataArray(
+        0,
+        attrs={
+            "crs_wkt": CRS_WKT,
+            "spatial_ref": CRS_WKT,
+            "grid_mapping_name": "transverse_mercator",
+            "longitude_of_central_meridian": 15.0,
+            "latitude_of_projection_origin": 0.0,
+            "scale_factor_at_central_meridian": 0.9996,
+            "false_easting": 500000.0,
+            "false_northing": 0.0,
+            "GeoTransform": f"{ORIGIN[0]} {PIXEL} 0 {ORIGIN[1]} 0 {-PIXEL}",
+        },
+    )
+
+
+def write_stack(
+    folder: str | os.PathLike[str],
+    dates: int = 48,
+    size: int = 512,
+    layout: str = "tiles",
+    tile: int = 256,
+    seed: int = 0,
+) -> list[str]:
+    """Write (or reuse, if complete) a stack of ``dates`` files; returns their paths."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    times = pd.date_range("2024-04-01", periods=dates, freq="5D")
+    paths = [str(folder / f"scene_{t:%Y%m%d}.nc") for t in times]
+    marker = folder / f".complete-{dates}-{size}-{layout}-{tile}-{seed}"
+    if marker.exists() and all(os.path.exists(p) for p in paths):
+        return paths
+    rng = np.random.default_rng(seed)
+    ground = surface(size)
+    x = ORIGIN[0] + PIXEL * (np.arange(size) + 0.5)
+    y = ORIGIN[1] - PIXEL * (np.arange(size) + 0.5)
+    encoding = {"dtype": "uint16", "scale_factor": SCALE, "_FillValue": 0}
+    if layout == "tiles":
+        side = min(tile, size)
+        encoding.update(zlib=True, complevel=1, shuffle=True, chunksizes=(1, side, side))
+    elif layout == "whole":
+        encoding.update(zlib=True, complevel=1, shuffle=True, chunksizes=(1, size, size))
+    else:
+        encoding.update(contiguous=True)
+    for time, path in zip(times, paths, strict=True):
+        values = ground + rng.normal(0, 0.01, ground.shape).astype(np.float32)
+        values[clouds(rng, size)] = np.nan
+        ds = xr.Dataset(
+            {
+                "refl": (
+                    ("time", "y", "x"),
+                    values[None],
+                    {"long_name": "surface reflectance", "grid_mapping": "spatial_ref"},
+                ),
+            },
+            coords={"time": [time], "y": y, "x": x, "spatial_ref": spatial_ref()},
+            attrs={"title": "xrdist synthetic satellite stack", "date": f"{time:%Y-%m-%d}"},
+        )
+        ds.x.attrs = {"standard_name": "projection_x_coordinate", "units": "m"}
+        ds.y.attrs = {"standard_name": "projection_y_coordinate", "units": "m"}
+        ds.time.encoding = {"units": "days since 2024-01-01", "dtype": "int32"}
+        ds.to_netcdf(path, engine="netcdf4", encoding={"refl": encoding})
+    marker.touch()
+    return paths
