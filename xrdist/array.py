@@ -100,13 +100,6 @@ class FileArray(BackendArray):
     def __dask_tokenize__(self) -> tuple[Any, ...]:
         return ("FileArray", self.proxy.path, self.identity, self.library, self.group, self.name)
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        for name, value in state.items():
-            setattr(self, name, value)
-
     def __repr__(self) -> str:
         return f"FileArray({self.proxy.path!r}, {self.name!r}, shape={self.shape})"
 
@@ -267,13 +260,6 @@ class StackArray(BackendArray):
             self.concat_axis,
             self.in_files,
         )
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        for name, value in state.items():
-            setattr(self, name, value)
 
     def __repr__(self) -> str:
         return f"StackArray({self.name!r}, {len(self.proxies)} files, shape={self.shape})"
