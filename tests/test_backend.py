@@ -323,8 +323,9 @@ def test_unknown_library_lists_the_choices(tmp_path):
 
 
 @pytest.mark.stress
-@pytest.mark.timeout(600)
-def test_threads_open_and_reduce_many_files(tmp_path, stress_seconds):
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("library", ["auto", "netcdf4"])
+def test_threads_open_and_reduce_many_files(tmp_path, stress_seconds, library):
     """Open a few hundred files from a thread pool and reduce them with dask's threaded
     scheduler, repeatedly: no error, right answer (xarray's netcdf4 engine has crashed
     here)."""
@@ -343,7 +344,10 @@ def test_threads_open_and_reduce_many_files(tmp_path, stress_seconds):
             clear_descriptions()
             with ThreadPoolExecutor(8) as pool:
                 datasets = list(
-                    pool.map(lambda p: xr.open_dataset(p, engine="xrdist", chunks={}), paths)
+                    pool.map(
+                        lambda p: xr.open_dataset(p, engine="xrdist", chunks={}, library=library),
+                        paths,
+                    )
                 )
             total = sum(ds.v.sum() for ds in datasets)
             with dask.config.set(scheduler="threads", num_workers=8):
