@@ -139,6 +139,7 @@ def measure(method: str, args: argparse.Namespace, paths: list[str]) -> dict[str
         argv += ["--scheduler", args.scheduler]
     env = dict(os.environ)
     env.setdefault("NUMBA_CACHE_DIR", str(Path(args.folder).parent / ".numba-cache"))
+    env.setdefault("NUMBAGG_CACHE", "1")
     proc = psutil.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     base = peak = 0
     while proc.poll() is None:
@@ -248,8 +249,10 @@ def run(args: argparse.Namespace) -> int:
     print("\n" + table(rows))
     x, b = rows
     print(
-        f"\nxrdist: {b['wall'] / x['wall']:.1f}x faster, {b['tasks'] / x['tasks']:.0f}x fewer "
-        f"tasks, {b['peak'] / x['peak']:.1f}x less peak memory than xarray + dask."
+        f"\nxrdist against xarray + dask: wall {x['wall']:.2f} s vs {b['wall']:.2f} s "
+        f"({b['wall'] / x['wall']:.1f}x), tasks {x['tasks']} vs {b['tasks']}, peak memory "
+        f"{x['peak'] / MIB:.0f} vs {b['peak'] / MIB:.0f} MiB, read {x['read'] / MIB:.0f} vs "
+        f"{b['read'] / MIB:.0f} MiB. Single runs: see benchmarks/ for repeated measurements."
     )
     if png is not None:
         print(f"picture: {png.resolve()}")
