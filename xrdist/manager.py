@@ -44,6 +44,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 import zict
@@ -76,8 +77,9 @@ class FileSpec:
     lock: Any = field(default=None, compare=False)
     weight: int = field(default=1, compare=False)
 
-    @property
+    @cached_property
     def key(self) -> tuple[Any, ...]:
+        """The cache key (computed once: leases look it up on every read)."""
         mode = "a" if self.mode == "w" else self.mode
         return (self.opener, self.args, mode, self.kwargs, self.manager_id)
 

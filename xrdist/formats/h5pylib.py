@@ -146,8 +146,7 @@ def _variable_dims(handle: h5py.File, name: str, dset: h5py.Dataset) -> tuple[st
         raise UnsupportedLayout(f"variable {name!r} has no netCDF dimensions")
     # h5r.get_name resolves a reference without building a Dataset object (4x faster)
     return tuple(
-        _text(h5py.h5r.get_name(axis_refs[0], handle.id)).rsplit("/", 1)[-1]
-        for axis_refs in refs
+        _text(h5py.h5r.get_name(axis_refs[0], handle.id)).rsplit("/", 1)[-1] for axis_refs in refs
     )
 
 
@@ -303,8 +302,8 @@ def walk(
         )
 
 
-# (file name, HDF5 file number, group, variable) -> ChunkIndex, or why there is none.
-# The file number changes when a file is reopened, so an index never outlives its handle.
+# (HDF5 file number, group, variable) -> ChunkIndex, or why there is none. HDF5 numbers
+# each file it opens anew, so an index never outlives the handle it was built from.
 _indexes: zict.LRU[tuple[Any, ...], ChunkIndex | str] = zict.LRU(4096, {})
 _indexes_lock = threading.Lock()
 
@@ -312,7 +311,7 @@ _indexes_lock = threading.Lock()
 def chunk_index(handle: h5py.File, group: str | None, name: str) -> ChunkIndex | str:
     """The byte-range index of a variable of an open file (built once), or the reason
     it is read through h5py instead."""
-    key = (handle.filename, handle.id.fileno, group, name)
+    key = (handle.id.fileno, group, name)
     with _indexes_lock:
         found = _indexes.get(key)
     if found is None:
