@@ -31,3 +31,18 @@ def test_cache_demo_checks_every_value(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "h5py" in out.stdout and "netCDF4" in out.stdout
     assert " 40 " in out.stdout  # 20 files x 2 passes, every value checked
+
+
+def test_info_shows_variables_chunks_and_the_plan(tmp_path):
+    from xrdist.synthetic import write_stack
+
+    write_stack(tmp_path / "s", dates=4, size=64, tile=32)
+    out = xrdist(
+        "info", str(tmp_path / "s" / "scene_*.nc"), "--chunks", "time=-1,y=40,x=40", cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "4 files stacked along 'time'" in out.stdout
+    assert "| refl | time, y, x | (1, 64, 64) | uint16 | (1, 32, 32) | zlib+shuffle" in out.stdout
+    assert "refl: rechunk" in out.stdout and "amplification 2.25 > 1.5" in out.stdout
+    single = xrdist("info", str(next((tmp_path / "s").glob("*.nc"))), cwd=tmp_path)
+    assert single.returncode == 0 and "read with h5py" in single.stdout

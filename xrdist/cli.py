@@ -12,6 +12,12 @@ def _demo(args: argparse.Namespace) -> int:
     return demo.run(args)
 
 
+def _info(args: argparse.Namespace) -> int:
+    from xrdist import info
+
+    return info.run(args)
+
+
 def _cache_demo(args: argparse.Namespace) -> int:
     from xrdist import handle_demo
 
@@ -35,6 +41,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(demo)
     demo.set_defaults(run=_demo)
+    info = commands.add_parser(
+        "info",
+        help="variables, on-disk chunks and the read plan of a file or stack",
+        description="Show the variables, dims, dtypes, on-disk chunks and compression of a "
+        "file or a stack of files, and the chunks xrdist's planner would choose, with the "
+        "expected amplification and memory per task.",
+    )
+    from xrdist.info import add_arguments as add_info_arguments
+
+    add_info_arguments(info)
+    info.set_defaults(run=_info)
     cache = commands.add_parser(
         "cache-demo",
         help="read many real netCDF files from threads through the handle cache",

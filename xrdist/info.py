@@ -1,0 +1,112 @@
+"""``xrdist info FILE_OR_GLOB``: what a file or stack holds, and how xrdist would read it.
+
+Prints each variable's dimensions, dtype, on-disk chunks, compression and read path
+(byte ranges or the library), then the planner's choice for the requested chunks (default
+``"auto"``) with the expected amplification and memory per task.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from xrdist.backend import DEFAULT_LIBRARY
+from xrdist.description import FileDescription
+
+
+def _compression(encoding: dict[str, Any]) -> str:
+    names = [k for k in ("zlib", "zstd", "bzip2", "szip") if encoding.get(k)]
+    if encoding.get("blosc"):
+        blosc = encoding["blosc"]
+        names.append(blosc["compressor"] if isinstance(blosc, dict) else "blosc")
+    if encoding.get("shuffle"):
+        names.append("shuffle")
+    if encoding.get("fletcher32"):
+        names.append("fletcher32")
+    level = encoding.get("complevel")
+    text = "+".join(names) or "none"
+    return f"{text} (level {level})" if level else text
+
+
+def describe_variables(description: FileDescription) -> list[str]:
+    rows = [
+        "| variable | dims | shape | dtype | on-disk chunks | compression |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, var in description.variables.items():
+        chunks = var.encoding.get("chunksizes") or "contiguous"
+        rows.append(
+            f"| {name} | {', '.join(var.dims) or '-'} | {var.shape} | {var.dtype} | "
+            f"{chunks} | {_compression(var.encoding)} |"
+        )
+    return rows
+
+
+def parse_chunks(text: str) -> Any:
+    """``auto``, or ``time=-1,y=512,x=512``."""
+    if text == "auto":
+        return "auto"
+    chunks = {}
+    for part in text.split(","):
+        dim, _, value = part.partition("=")
+        if not value:
+            raise argparse.ArgumentTypeError(f"chunks must look like time=-1,y=512: {text!r}")
+        chunks[dim.strip()] = int(value)
+    return chunks
+
+
+def run(args: argparse.Namespace) -> int:
+    from xrdist.mfdataset import plan
+    from xrdist.scan import expand_paths, scan
+
+    paths = expand_paths(args.paths)
+    if len(paths) == 1 and args.concat_dim is None:
+        from xrdist.backend import describe_file
+        from xrdist.locks import canonical_path
+
+        description = describe_file(canonical_path(paths[0]), args.library, None)
+        print(f"{paths[0]}: {description.file_format}, read with {description.library}")
+        print("\n".join(describe_variables(description)))
+        return 0
+    stack = scan(
+        paths,
+        library=args.library,
+        concat_dim=args.concat_dim,
+        combine="nested" if args.concat_dim else "by_coords",
+    )
+    first = stack.first
+    print(
+        f"{len(paths)} files stacked along {stack.concat_dim!r} "
+        f"({stack.starts[-1]} steps), {first.file_format}, read with {stack.library}; "
+        f"first file {first.path}"
+    )
+    print("\n".join(describe_variables(first)))
+    print(f"\nplan for chunks {args.chunks}:")
+    print(
+        plan(
+            paths,
+            chunks=args.chunks,
+            max_mem=args.max_mem,
+            library=args.library,
+            concat_dim=args.concat_dim,
+            combine="nested" if args.concat_dim else "by_coords",
+        )
+    )
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", help="a file, or a glob pattern of files (quote it)")
+    parser.add_argument(
+        "--chunks",
+        type=parse_chunks,
+        default="auto",
+        help="target chunks, e.g. time=-1,y=512,x=512 (default: auto)",
+    )
+    parser.add_argument(
+        "--concat-dim", default=None, help="stack along this dimension in the order given (nested)"
+    )
+    parser.add_argument("--max-mem", type=int, default=None, help="bytes per task")
+    parser.add_argument(
+        "--library", default=DEFAULT_LIBRARY, help="auto (default), h5py or netcdf4"
+    )
