@@ -970,3 +970,16 @@ def test_rechunk_reads_fit_max_mem_by_cutting_the_concat_axis():
     assert plan.read_chunks[1:] == ((1024,), (1024,))
     assert task_memory(layout, plan.read_chunks) <= budget
     assert plan.amplification == 1.0
+
+
+def test_rechunk_reads_are_cut_for_parallelism_too():
+    """An aligned read that fits the budget in one task is still cut along the files so
+    that min_tasks threads have work (whole-image chunks, 4 threads' worth)."""
+    layout = Layout(
+        "v", ("time", "y", "x"), (120, 1024, 1024), 2, 4, (1, 1024, 1024), 0, (1,) * 120
+    )
+    plan = plan_variable(layout, {"time": -1, "y": 256, "x": 256}, max_mem=2**30, min_tasks=4)
+    assert plan.strategy == "rechunk"
+    assert plan.tasks >= 4
+    assert plan.read_chunks[0] == (30, 30, 30, 30)
+    assert plan.amplification == 1.0

@@ -273,20 +273,26 @@ def auto_chunks(layout: Layout, max_mem: int, min_tasks: int = 1) -> dict[str, i
     }
 
 
-def _fit_concat_axis(layout: Layout, chunks: NormalizedChunks, max_mem: int) -> NormalizedChunks:
+def _fit_concat_axis(
+    layout: Layout, chunks: NormalizedChunks, max_mem: int, min_tasks: int = 1
+) -> NormalizedChunks:
     """``chunks`` with the concatenation axis cut into whole on-disk chunks (within files)
-    until a task fits in ``max_mem`` (the other axes unchanged)."""
+    until a task fits in ``max_mem`` and there are at least ``min_tasks`` read tasks, so
+    that an aligned read keeps every thread busy (the other axes unchanged)."""
     axis = layout.concat_axis
-    if axis is None or task_memory(layout, chunks) <= max_mem or layout.shape[axis] == 0:
+    if axis is None or layout.shape[axis] == 0:
+        return chunks
+    fits = task_memory(layout, chunks) <= max_mem
+    if fits and n_chunks(chunks) >= min_tasks:
         return chunks
     tile = layout.tile(axis)
     per_step = task_memory(layout, (*chunks[:axis], (1,), *chunks[axis + 1 :]))
     steps = max(tile, (max_mem // max(1, per_step)) // tile * tile)
-    return (
-        *chunks[:axis],
-        normalize_chunks(layout, {layout.dims[axis]: steps})[axis],
-        *chunks[axis + 1 :],
-    )
+    others = max(1, n_chunks(chunks) // len(chunks[axis]))
+    wanted = -(-min_tasks // others)  # pieces along the axis for enough tasks
+    steps = min(steps, max(tile, layout.shape[axis] // wanted // tile * tile))
+    cut = normalize_chunks(layout, {layout.dims[axis]: steps})[axis]
+    return (*chunks[:axis], cut, *chunks[axis + 1 :])
 
 
 # -- plans ------------------------------------------------------------------------------
@@ -366,7 +372,7 @@ def plan_variable(
                 f"on-disk chunks would decode as much ({aligned_amp:.2f}): reading directly"
             )
     else:
-        read, chosen = _fit_concat_axis(layout, aligned, max_mem), "rechunk"
+        read, chosen = _fit_concat_axis(layout, aligned, max_mem, min_tasks), "rechunk"
         suggestion = (
             {
                 d: (lengths if len(lengths) > 1 else -1)
