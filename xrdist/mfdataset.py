@@ -68,12 +68,12 @@ def stack_dataset(stack: Stack, *, data_vars: str = "all", **decode: Any) -> Dat
     identities = [d.identity for d in stack.descriptions]
     starts, total = stack.starts, stack.starts[-1]
     coords = coordinate_names(first)
-    per_file = sorted(stack.per_file)
+    per_file = stack.per_file  # derived from the first file's coordinates: once
     raw: dict[str, Variable] = {}
     for name, var in first.variables.items():
         attrs, encoding = dict(var.attrs), dict(var.encoding)
         if dim in var.dims:
-            if name in stack.per_file:
+            if name in per_file:
                 raw[name] = Variable(var.dims, var.values.copy(), attrs, encoding)
                 continue
             axis = var.dims.index(dim)

@@ -8,6 +8,7 @@ proxy), ``walk(handle, path, identity, group)`` (a
 
 from __future__ import annotations
 
+import functools
 import importlib
 from types import ModuleType
 
@@ -18,8 +19,10 @@ FORMATS = {
 }
 
 
+@functools.cache
 def get_format(library: str) -> ModuleType:
-    """The module that reads files with ``library``; a clear error for unknown names."""
+    """The module that reads files with ``library``; a clear error for unknown names.
+    Cached: every file read looks it up."""
     try:
         return importlib.import_module(FORMATS[library])
     except KeyError:
