@@ -36,6 +36,7 @@ from xrdist.identity import FileIdentity
 from xrdist.locks import HDF5, library_lock
 from xrdist.options import get_option
 from xrdist.proxy import HandleProxy
+from xrdist.window import bounding_box, pick
 
 LIBRARY = "h5py"
 LOCK = library_lock(HDF5)
@@ -331,41 +332,6 @@ def read_path(handle: h5py.File, group: str | None, name: str) -> str:
     return "byte-range" if isinstance(index, ChunkIndex) else f"h5py: {index}"
 
 
-def _bounding_box(
-    key: tuple[Any, ...], shape: tuple[int, ...]
-) -> tuple[tuple[slice, ...], list[Any]]:
-    """Unit-step slices that cover an outer-indexing key, and what to pick from them."""
-    box, picks = [], []
-    for k, n in zip(key, shape, strict=True):
-        if isinstance(k, int | np.integer):
-            k = int(k) + (n if k < 0 else 0)
-            box.append(slice(k, k + 1))
-            picks.append(0)
-        elif isinstance(k, slice):
-            start, stop, step = k.indices(n)
-            count = len(range(start, stop, step))
-            last = start + (count - 1) * step + 1 if count else start
-            box.append(slice(start, last))
-            picks.append(slice(None, None, step) if step != 1 else slice(None))
-        else:
-            k = np.asarray(k)
-            lo = int(k.min()) if k.size else 0
-            box.append(slice(lo, int(k.max()) + 1 if k.size else 0))
-            picks.append(k - lo)
-    return tuple(box), picks
-
-
-def _pick(data: np.ndarray, picks: list[Any]) -> np.ndarray:
-    for axis in reversed(range(len(picks))):
-        pick = picks[axis]
-        if isinstance(pick, slice):
-            if pick != slice(None):
-                data = data[(slice(None),) * axis + (pick,)]
-        else:
-            data = np.take(data, pick, axis=axis)
-    return data
-
-
 def read(handle: h5py.File, group: str | None, name: str, key: tuple[Any, ...]) -> Any:
     """``variable[key]`` with outer (orthogonal) indexing semantics.
 
@@ -377,12 +343,12 @@ def read(handle: h5py.File, group: str | None, name: str, key: tuple[Any, ...]) 
     if get_option("byte_range_reads"):
         index = chunk_index(handle, group, name)
         if isinstance(index, ChunkIndex):
-            box, picks = _bounding_box(key, index.shape)
-            return _pick(index.read_box(handle.id.get_vfd_handle(), box), picks)
+            box, picks = bounding_box(key, index.shape)
+            return pick(index.read_box(handle.id.get_vfd_handle(), box), picks)
     dset = _node(handle, group)[name]
     if h5py.check_string_dtype(dset.dtype) is not None and dset.dtype.kind == "O":
         dset = dset.asstr()
-    box, picks = _bounding_box(key, dset.shape)
+    box, picks = bounding_box(key, dset.shape)
     try:
         data = np.asarray(dset[box])
     except OSError as err:
@@ -390,4 +356,4 @@ def read(handle: h5py.File, group: str | None, name: str, key: tuple[Any, ...]) 
         if not missing:
             raise
         raise OSError(f"cannot read variable {name!r}: {filter_help(missing)}") from err
-    return _pick(data, picks)
+    return pick(data, picks)

@@ -1,0 +1,49 @@
+"""Outer-indexing keys as the box of the file to read and what to pick from it.
+
+Readers that fetch whole chunks or tiles (HDF5 byte ranges, TIFF tiles, h5py selections)
+read the unit-step bounding box of a key, then :func:`pick` the requested (strided,
+listed or dropped) elements from it in memory. Pure functions; thread-safe.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def bounding_box(
+    key: tuple[Any, ...], shape: tuple[int, ...]
+) -> tuple[tuple[slice, ...], list[Any]]:
+    """Unit-step slices that cover an outer-indexing key, and what to pick from them
+    (integers keep a length-1 axis in the box and are dropped by :func:`pick`)."""
+    box, picks = [], []
+    for k, n in zip(key, shape, strict=True):
+        if isinstance(k, int | np.integer):
+            k = int(k) + (n if k < 0 else 0)
+            box.append(slice(k, k + 1))
+            picks.append(0)
+        elif isinstance(k, slice):
+            start, stop, step = k.indices(n)
+            count = len(range(start, stop, step))
+            last = start + (count - 1) * step + 1 if count else start
+            box.append(slice(start, last))
+            picks.append(slice(None, None, step) if step != 1 else slice(None))
+        else:
+            k = np.asarray(k)
+            lo = int(k.min()) if k.size else 0
+            box.append(slice(lo, int(k.max()) + 1 if k.size else 0))
+            picks.append(k - lo)
+    return tuple(box), picks
+
+
+def pick(data: np.ndarray, picks: list[Any]) -> np.ndarray:
+    """The elements of a bounding box's ``data`` that :func:`bounding_box` said to pick."""
+    for axis in reversed(range(len(picks))):
+        chosen = picks[axis]
+        if isinstance(chosen, slice):
+            if chosen != slice(None):
+                data = data[(slice(None),) * axis + (chosen,)]
+        else:
+            data = np.take(data, chosen, axis=axis)
+    return data
