@@ -280,7 +280,7 @@ def test_file_replaced_after_open_is_an_error_not_wrong_data(tmp_path, global_ca
         (
             lambda d: (d / "t.nc").write_text("hello world") and d / "t.nc",
             ValueError,
-            r"not a netCDF or HDF5 file: it starts with b'hello wo'",
+            r"not a netCDF, HDF5 or TIFF file: it starts with b'hello wo'",
         ),
         (lambda d: (d / "e.nc").write_bytes(b"") or d / "e.nc", ValueError, "it is empty"),
     ],

@@ -137,6 +137,20 @@ def _forget_pool_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
+def run_in_readers(function: Any, items: Sequence[Any]) -> None:
+    """Call ``function(item)`` for every item, on the reader threads when there are
+    several items and the caller is not a reader thread itself (a reader waiting for
+    readers could deadlock the pool); exceptions propagate."""
+    in_reader = threading.current_thread().name.startswith("xrdist-read")
+    pool = _reader_pool() if len(items) > 1 and not in_reader else None
+    if pool is None:
+        for item in items:
+            function(item)
+    else:
+        for future in [pool.submit(function, item) for item in items]:
+            future.result()
+
+
 def _axis_length(key: Any, n: int) -> int | None:
     """Length of an outer-indexing key along an axis of length ``n`` (None: dropped)."""
     if isinstance(key, slice):
@@ -235,13 +249,7 @@ class StackArray(BackendArray):
                 file_key = (*key[:axis], *key[axis + 1 :])
                 out[tuple(where)] = np.expand_dims(self._read_file(f, file_key), out_axis)
 
-        pool = _reader_pool() if len(bounds) > 1 else None
-        if pool is None:
-            for run in bounds:
-                read_run(run)
-        else:  # each run writes its own slice of out; at most read_threads in flight
-            for future in [pool.submit(read_run, run) for run in bounds]:
-                future.result()
+        run_in_readers(read_run, bounds)  # each run writes its own slice of out
         return out.squeeze(axis=out_axis) if dropped else out
 
     def _read_file(self, f: int, key: tuple[Any, ...]) -> np.ndarray:

@@ -32,13 +32,17 @@ from xrdist.identity import FileIdentity
 from xrdist.locks import canonical_path
 
 NETCDF_EXTENSIONS = (".nc", ".nc3", ".nc4", ".cdf", ".netcdf", ".h5", ".hdf5", ".he5", ".hdf")
+TIFF_EXTENSIONS = (".tif", ".tiff", ".gtiff")
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 NETCDF3_MAGICS = (b"CDF\x01", b"CDF\x02", b"CDF\x05")
+#: classic TIFF and BigTIFF, little- and big-endian
+TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 #: HDF5 allows a user block before the superblock: the signature sits at 0 or at a power
 #: of two from 512 on.
 HDF5_SIGNATURE_OFFSETS = (0, *(512 << k for k in range(24)))
 
 AUTO = "auto"
+TIFF_LIBRARY = "tifffile"
 DEFAULT_LIBRARY = AUTO
 LIBRARIES = (AUTO, *FORMATS)
 
@@ -53,10 +57,12 @@ def read_magic(path: str, offset: int = 0) -> bytes:
 
 
 def sniff_format(path: str) -> str | None:
-    """``"hdf5"``, ``"netcdf3"`` or None, from the file's signature bytes."""
+    """``"hdf5"``, ``"netcdf3"``, ``"tiff"`` or None, from the file's signature bytes."""
     first = read_magic(path)
     if first.startswith(NETCDF3_MAGICS):
         return "netcdf3"
+    if first.startswith(TIFF_MAGICS):
+        return "tiff"
     if first == HDF5_MAGIC:
         return "hdf5"
     size = os.path.getsize(path)
@@ -68,17 +74,21 @@ def sniff_format(path: str) -> str | None:
     return None
 
 
-def check_readable(path: str) -> None:
-    """Raise a clear error naming ``path`` if it is not a netCDF/HDF5 file we can open."""
+def check_readable(path: str) -> str:
+    """Raise a clear error naming ``path`` if it is not a netCDF/HDF5/TIFF file we can
+    open; return its format (see :func:`sniff_format`)."""
     FileIdentity.of(path)  # missing file or directory: a clear OSError naming the path
-    if sniff_format(path) is None:
+    found = sniff_format(path)
+    if found is None:
         first = read_magic(path)
         what = "is empty" if not first else f"starts with {first!r}"
         raise ValueError(
-            f"{path!r} is not a netCDF or HDF5 file: it {what}, while netCDF-3 files start "
-            f"with b'CDF' and netCDF-4/HDF5 files with {HDF5_MAGIC!r}. "
-            "Check the path, or pass the engine that reads this format."
+            f"{path!r} is not a netCDF, HDF5 or TIFF file: it {what}, while netCDF-3 files "
+            f"start with b'CDF', netCDF-4/HDF5 files with {HDF5_MAGIC!r} and TIFF files "
+            "with b'II*\\x00' or b'MM\\x00*'. Check the path, or pass the engine that "
+            "reads this format."
         )
+    return found
 
 
 def _walk_with(library: str, path: str, group: str | None) -> FileDescription:
@@ -103,11 +113,19 @@ def _walk_auto(path: str, group: str | None) -> FileDescription:
 
 def describe_file(path: str, library: str, group: str | None) -> FileDescription:
     """The (cached) description of one group of one file. ``library="auto"`` picks h5py
-    for netCDF-4 files and netCDF-C for netCDF-3 files and layouts h5py cannot describe
-    (the description's ``library`` says which)."""
+    for netCDF-4 files, netCDF-C for netCDF-3 files and layouts h5py cannot describe, and
+    tifffile for TIFFs (the description's ``library`` says which). A TIFF's ``group`` is
+    its image: None, or ``"overview/N"`` (see :mod:`xrdist.formats.tifflib`)."""
 
     def walk() -> FileDescription:
-        check_readable(path)
+        found = check_readable(path)
+        if found == "tiff" or library == TIFF_LIBRARY:
+            if library not in (AUTO, TIFF_LIBRARY) or found != "tiff":
+                what = "a TIFF" if found == "tiff" else f"not a TIFF but {found}"
+                raise ValueError(
+                    f"{path!r} is {what}: library={library!r} cannot read it; use library='auto'"
+                )
+            return _walk_with(TIFF_LIBRARY, path, group)
         if library == AUTO:
             return _walk_auto(path, group)
         from xrdist.formats.h5pylib import UnsupportedLayout
@@ -204,14 +222,16 @@ def dataset_from_description(description: FileDescription, **decode: Any) -> Dat
 
 
 class XrdistBackendEntrypoint(BackendEntrypoint):
-    """netCDF4/HDF5 and netCDF3 files through xrdist's handle cache.
+    """netCDF4/HDF5, netCDF3 and GeoTIFF/COG files through xrdist's handle cache.
 
     Options beyond xarray's usual decoding options: ``group`` (a path like ``"a/b"``) and
     ``library`` (the native library that reads the file: ``"auto"`` (default), ``"h5py"``
     or ``"netcdf4"``).
     """
 
-    description = "netCDF4/HDF5 and netCDF3 through xrdist's handle cache, safe under threads"
+    description = (
+        "netCDF4/HDF5, netCDF3 and GeoTIFF/COG through xrdist's handle cache, safe under threads"
+    )
     supports_groups = True
     url = "https://github.com/xrdist/xrdist"
     open_dataset_parameters = (
@@ -225,7 +245,9 @@ class XrdistBackendEntrypoint(BackendEntrypoint):
         "decode_timedelta",
         "group",
         "library",
+        "overview_level",
         "concat_dim",
+        "times",
         "combine",
         "data_vars",
     )
@@ -238,7 +260,7 @@ class XrdistBackendEntrypoint(BackendEntrypoint):
         path = os.fspath(filename_or_obj)
         if not isinstance(path, str):
             return False
-        if path.lower().endswith(NETCDF_EXTENSIONS):
+        if path.lower().endswith(NETCDF_EXTENSIONS + TIFF_EXTENSIONS):
             return True
         try:
             return sniff_format(path) is not None
@@ -258,12 +280,16 @@ class XrdistBackendEntrypoint(BackendEntrypoint):
         decode_timedelta: Any = None,
         group: str | None = None,
         library: str = DEFAULT_LIBRARY,
+        overview_level: int | None = None,
         concat_dim: str | None = None,
+        times: Any = None,
         combine: str = "by_coords",
         data_vars: str = "all",
     ) -> Dataset:
         """One file, or (a list or glob pattern) a stack of files as ``open_mfdataset``
-        would open it; ``concat_dim``, ``combine`` and ``data_vars`` apply to stacks."""
+        would open it; ``concat_dim``, ``times``, ``combine`` and ``data_vars`` apply to
+        stacks (see :func:`xrdist.open_mfdataset`).
+        ``overview_level`` (TIFF only) reads an overview: 0 is the first (largest)."""
         decode = {
             "mask_and_scale": mask_and_scale,
             "decode_times": decode_times,
@@ -275,6 +301,12 @@ class XrdistBackendEntrypoint(BackendEntrypoint):
         }
         if library not in LIBRARIES:
             raise ValueError(f"library={library!r} is not supported; choose one of {LIBRARIES}")
+        if overview_level is not None:
+            if group is not None:
+                raise ValueError("pass group= (netCDF) or overview_level= (TIFF), not both")
+            from xrdist.formats.tifflib import overview_group
+
+            group = overview_group(overview_level)
         is_glob = isinstance(filename_or_obj, str) and glob.has_magic(filename_or_obj)
         if isinstance(filename_or_obj, list | tuple) or is_glob:
             from xrdist.mfdataset import stack_dataset
@@ -288,6 +320,7 @@ class XrdistBackendEntrypoint(BackendEntrypoint):
                 combine=combine,
                 decode=decode,
                 data_vars=data_vars,
+                times=times,
             )
             return stack_dataset(stack, data_vars=data_vars, **decode)
         if not isinstance(filename_or_obj, str | os.PathLike):

@@ -32,6 +32,7 @@ from xarray import Coordinates, Dataset, Variable
 from xrdist.array import FileArray, StackArray
 from xrdist.backend import DEFAULT_LIBRARY, decode_dataset
 from xrdist.formats import get_format
+from xrdist.labels import TimesSpec, band_of
 from xrdist.plan import (
     DEFAULT_AMPLIFICATION_THRESHOLD,
     AmplificationWarning,
@@ -41,7 +42,7 @@ from xrdist.plan import (
     format_bytes,
     plan_variable,
 )
-from xrdist.scan import Stack, _active_client, coordinate_names, scan
+from xrdist.scan import Stack, StackError, _active_client, coordinate_names, expand_paths, scan
 
 #: Upper bound of the default memory budget per task.
 MAX_DEFAULT_MAX_MEM = 1024**3
@@ -139,6 +140,8 @@ def stack_dataset(stack: Stack, *, data_vars: str = "all", **decode: Any) -> Dat
         )
     encoding = {"unlimited_dims": set(first.unlimited_dims), "source": first.path}
     ds = decode_dataset(raw, first.attrs, encoding, replace=replace, **decode)
+    if stack.labels is not None:  # scenes: each file's time
+        ds = ds.assign_coords({dim: Variable((dim,), stack.labels)})
     # Default indexes of dimension coordinates, as xarray's open functions create them.
     dimension_coords = {n: c.variable for n, c in ds.coords.items() if c.dims == (n,)}
     return ds.assign_coords(Coordinates(dimension_coords)) if dimension_coords else ds
@@ -320,6 +323,10 @@ def open_mfdataset(
     amplification_threshold: float = DEFAULT_AMPLIFICATION_THRESHOLD,
     library: str = DEFAULT_LIBRARY,
     group: str | None = None,
+    times: TimesSpec | None = None,
+    bands: str | None = None,
+    band_dim: bool = False,
+    overview_level: int | None = None,
     mask_and_scale: bool = True,
     decode_times: Any = True,
     concat_characters: bool = True,
@@ -328,7 +335,7 @@ def open_mfdataset(
     use_cftime: bool | None = None,
     decode_timedelta: Any = None,
 ) -> Dataset:
-    """Open many files as one dataset, each output chunk read straight from the files.
+    r"""Open many files as one dataset, each output chunk read straight from the files.
 
     Parameters
     ----------
@@ -354,6 +361,19 @@ def open_mfdataset(
         ``"auto"`` reads each output chunk directly unless that decodes more than
         ``amplification_threshold`` times the bytes needed; then it reads on-disk-aligned
         chunks and rechunks (P2P on a distributed cluster).
+    times : str, sequence or callable, optional
+        For files without ``concat_dim`` (one scene per file, e.g. GeoTIFFs): where each
+        file's time comes from: a ``strptime`` format found in the file name
+        (``"%Y%m%d"``), a regular expression whose first group is the date, ``"tag"``
+        (the TIFF DateTime tag; the default for TIFFs that all have one), a list with one
+        time per file, or a function of the path. ``concat_dim`` defaults to ``"time"``.
+    bands : str, optional
+        A regular expression whose first group is the band in each file name
+        (``r"_(B\d\d)\.tif$"``), for one file per band and date. The bands become one
+        variable each, or with ``band_dim=True`` a ``band`` dimension labelled by name
+        (needs ``chunks``). Every band must have the same times and grid.
+    overview_level : int, optional
+        TIFF only: read an overview (0 is the first, largest) instead of full resolution.
     library, group, mask_and_scale, decode_times, ... :
         As for ``xr.open_dataset(..., engine="xrdist")``.
 
@@ -371,6 +391,25 @@ def open_mfdataset(
         "use_cftime": use_cftime,
         "decode_timedelta": decode_timedelta,
     }
+    if overview_level is not None:
+        from xrdist.formats.tifflib import overview_group
+
+        group = overview_group(overview_level)
+    if bands is not None:
+        options = {
+            "chunks": chunks,
+            "concat_dim": concat_dim,
+            "combine": combine,
+            "data_vars": data_vars,
+            "parallel": parallel,
+            "max_mem": max_mem,
+            "strategy": strategy,
+            "amplification_threshold": amplification_threshold,
+            "library": library,
+            "group": group,
+            "times": times,
+        }
+        return _open_band_files(paths, bands, band_dim, options, decode)
     stack = scan(
         paths,
         library=library,
@@ -380,6 +419,7 @@ def open_mfdataset(
         parallel=parallel,
         decode=decode,
         data_vars=data_vars,
+        times=times,
     )
     ds = stack_dataset(stack, data_vars=data_vars, **decode)
     if chunks is None:
@@ -389,6 +429,67 @@ def open_mfdataset(
     )
     _warn_amplification(plan)
     return apply_plan(ds, plan)
+
+
+def _open_band_files(
+    paths: Any,
+    bands: str,
+    band_dim: bool,
+    options: dict[str, Any],
+    decode: dict[str, Any],
+) -> Dataset:
+    """One file per band and date: each band's files as a stack, then the bands joined
+    as variables (or along ``band``) after checking they share times and grid."""
+    by_band: dict[str, list[str]] = {}
+    for path in expand_paths(paths):
+        by_band.setdefault(band_of(path, bands), []).append(path)
+    if band_dim and options["chunks"] is None:
+        raise ValueError("band_dim=True joins the bands as dask arrays: pass chunks= too")
+    parts = {name: open_mfdataset(files, **options, **decode) for name, files in by_band.items()}
+    (first_name, first), *others = parts.items()
+    dim = options["concat_dim"] or "time"
+    for name, part in others:
+        _check_same_labels(first_name, first, name, part, by_band, dim)
+    arrays = {}
+    for name, part in parts.items():
+        array = part["band_data"]
+        arrays[name] = array.isel(band=0, drop=True) if array.sizes["band"] == 1 else array
+    if band_dim:
+        import xarray as xr
+
+        out = xr.concat(list(arrays.values()), dim="band").assign_coords(band=list(arrays))
+        out = out.to_dataset(name="band_data")
+    else:
+        out = Dataset(arrays)
+    out.encoding = dict(first.encoding)
+    if options["chunks"] is not None:
+        out.encoding["xrdist_plan"] = {n: p.encoding["xrdist_plan"] for n, p in parts.items()}
+    return out
+
+
+def _check_same_labels(
+    first_name: str,
+    first: Dataset,
+    name: str,
+    part: Dataset,
+    files: Mapping[str, list[str]],
+    dim: str,
+) -> None:
+    """Raise naming the band and a file if two bands differ in times or grid."""
+    for coord in (dim, "y", "x"):
+        if coord not in first.coords:
+            continue
+        a, b = first[coord].values, part[coord].values
+        if a.shape == b.shape and (a == b).all():
+            continue
+        what = "times" if coord == dim else f"{coord} coordinates (grid)"
+        missing = sorted(set(a.tolist()) ^ set(b.tolist()))[:3] if coord == dim else []
+        detail = f" (e.g. {missing} in one but not the other)" if missing else ""
+        raise StackError(
+            f"band {name!r} (files like {files[name][0]!r}) and band {first_name!r} (files "
+            f"like {files[first_name][0]!r}) have different {what}{detail}; every band "
+            "needs the same dates and grid (resample bands of other resolutions first)"
+        )
 
 
 def plan(
@@ -403,6 +504,7 @@ def plan(
     amplification_threshold: float = DEFAULT_AMPLIFICATION_THRESHOLD,
     library: str = DEFAULT_LIBRARY,
     group: str | None = None,
+    times: TimesSpec | None = None,
 ) -> Plan:
     """The read plan ``open_mfdataset`` would follow for ``chunks``: the files are scanned
     (described, through the cache) but no data is read."""
@@ -413,6 +515,7 @@ def plan(
         concat_dim=concat_dim,
         combine=combine,
         data_vars=data_vars,
+        times=times,
     )
     ds = stack_dataset(stack, data_vars=data_vars)
     return plan_dataset(

@@ -27,6 +27,10 @@ from typing import Any
 import numpy as np
 
 from xrdist.description import FileDescription, VariableDescription
+from xrdist.labels import TimesSpec, file_times, has_time_tags
+
+#: The library that reads TIFF scenes (files without a time dimension of their own).
+TIFF_LIBRARY = "tifffile"
 
 #: Attributes whose values change how the stored numbers decode: they must agree across
 #: the files of a stacked variable, or the result would be silently wrong.
@@ -44,6 +48,11 @@ DECODING_ATTRS = (
     "valid_range",
     "flag_values",
 )
+
+#: Attributes of a grid-mapping variable (``spatial_ref``) that say where the pixels are:
+#: scenes with a different CRS or transform do not stack (reprojecting is out of scope).
+GRID_ATTRS = ("crs_wkt", "GeoTransform")
+STACKING_ATTRS = DECODING_ATTRS + GRID_ATTRS
 
 
 class StackError(ValueError):
@@ -87,6 +96,8 @@ class Stack:
     group: str | None
     #: per file, its small coordinates along the stack, decoded (see decoded_per_file)
     decoded: tuple[dict[str, Any], ...] = ()
+    #: when the files lack ``concat_dim``: each file's label along it (its time), or None
+    labels: np.ndarray | None = None
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -181,7 +192,7 @@ def variable_signature(
     attrs = (
         ()
         if per_file
-        else tuple((k, _attr_key(var.attrs[k])) for k in DECODING_ATTRS if k in var.attrs)
+        else tuple((k, _attr_key(var.attrs[k])) for k in STACKING_ATTRS if k in var.attrs)
     )
     values = None if along or var.values is None or not by_value else _digest(var.values)
     return (var.name, var.dims, var.dtype.str, shape, attrs, values)
@@ -208,8 +219,39 @@ def file_signature(
     return (dims, variables)
 
 
+def _grid_difference(first: FileDescription, other: FileDescription) -> str | None:
+    """Words for a different CRS, transform or size of two scenes, or None."""
+    from xrdist.georef import crs_name
+
+    for name, a in first.variables.items():
+        b = other.variables.get(name)
+        if b is None or not any(k in a.attrs for k in GRID_ATTRS):
+            continue
+        if a.attrs.get("crs_wkt") != b.attrs.get("crs_wkt"):
+            return (
+                f"its CRS is {crs_name(b.attrs)}, not {crs_name(a.attrs)}. xrdist does not "
+                "reproject: warp the scenes to one grid first (e.g. with gdalwarp)"
+            )
+        if a.attrs.get("GeoTransform") != b.attrs.get("GeoTransform"):
+            return (
+                f"its transform (GDAL GeoTransform) is {b.attrs.get('GeoTransform')!r}, not "
+                f"{a.attrs.get('GeoTransform')!r}: the scenes are not on one grid. xrdist "
+                "does not resample: warp them to one grid first (e.g. with gdalwarp)"
+            )
+    for dim in ("y", "x"):
+        if first.dims.get(dim) != other.dims.get(dim):
+            return (
+                f"its size is {other.dims.get('y')} x {other.dims.get('x')} pixels, not "
+                f"{first.dims.get('y')} x {first.dims.get('x')}"
+            )
+    return None
+
+
 def _difference(first: FileDescription, other: FileDescription, concat_dim: str) -> str:
     """Words for the first thing that differs between two files' signatures."""
+    grid = _grid_difference(first, other) if first.library == TIFF_LIBRARY else None
+    if grid is not None:
+        return grid
     missing = sorted(set(first.variables) - set(other.variables))
     extra = sorted(set(other.variables) - set(first.variables))
     if missing or extra:
@@ -234,7 +276,7 @@ def _difference(first: FileDescription, other: FileDescription, concat_dim: str)
             )
         if sa[4] != sb[4]:
             keys = [
-                k for k in DECODING_ATTRS if _attr_key(a.attrs.get(k)) != _attr_key(b.attrs.get(k))
+                k for k in STACKING_ATTRS if _attr_key(a.attrs.get(k)) != _attr_key(b.attrs.get(k))
             ]
             shown = ", ".join(
                 f"{k}={b.attrs.get(k)!r} (first file: {a.attrs.get(k)!r})" for k in keys
@@ -330,17 +372,26 @@ def scan(
     parallel: bool = True,
     decode: Mapping[str, Any] | None = None,
     data_vars: str = "all",
+    times: TimesSpec | None = None,
 ) -> Stack:
     """Describe ``paths`` and check that they stack; see the module docstring.
 
     ``decode`` holds the CF decoding options (as for ``xr.open_dataset``) used for the
     coordinates decoded file by file, which also order the files for ``by_coords``.
+    Files that lack ``concat_dim`` (single scenes) stack along a new dimension labelled
+    by ``times`` (see :func:`xrdist.labels.file_times`); TIFF scenes default to
+    ``concat_dim="time"`` labelled by their DateTime tags when every file has one.
     """
     if combine not in ("by_coords", "nested"):
         raise ValueError(f"combine must be 'by_coords' or 'nested', not {combine!r}")
     decode = dict(decode or {})
     files = expand_paths(paths)
     descriptions = describe_all(files, library, group, parallel)
+    scenes = descriptions[0].library == TIFF_LIBRARY
+    if concat_dim is None and (times is not None or scenes):
+        concat_dim = "time"
+    if concat_dim is not None and concat_dim not in descriptions[0].dims:
+        return _scene_stack(descriptions, concat_dim, combine, data_vars, times, group)
     if combine == "nested":
         if concat_dim is None:
             raise ValueError("combine='nested' needs concat_dim= (for example 'time')")
@@ -355,16 +406,56 @@ def scan(
         order = _order_by_coordinate(descriptions, decoded, concat_dim)
         descriptions = [descriptions[i] for i in order]
         decoded = [decoded[i] for i in order]
+    _check_libraries(descriptions)
+    resolved = descriptions[0].library
+    return Stack(tuple(descriptions), concat_dim, resolved, group, tuple(decoded))
+
+
+def _scene_stack(
+    descriptions: Sequence[FileDescription],
+    concat_dim: str,
+    combine: str,
+    data_vars: str,
+    times: TimesSpec | None,
+    group: str | None,
+) -> Stack:
+    """Files without ``concat_dim`` (one scene each), stacked along it as a new dimension
+    labelled by ``times``, in time order for ``combine="by_coords"``."""
+    validate(descriptions, concat_dim, data_vars)
+    _check_libraries(descriptions)
+    if times is None and descriptions[0].library == TIFF_LIBRARY and has_time_tags(descriptions):
+        times = "tag"
+    labels = None if times is None else file_times(descriptions, times)
+    if combine == "by_coords":
+        if labels is None:
+            raise StackError(
+                f"the files have no {concat_dim!r} to order them by (e.g. "
+                f"{descriptions[0].path!r}): pass times= (a file-name format such as "
+                "'%Y%m%d', a regular expression, 'tag' or a list), or combine='nested' to "
+                "keep the order given"
+            )
+        order = sorted(range(len(descriptions)), key=lambda i: labels[i])
+        for a, b in itertools.pairwise(order):
+            if labels[a] == labels[b]:
+                raise StackError(
+                    f"{descriptions[a].path!r} and {descriptions[b].path!r} have the same "
+                    f"{concat_dim} {labels[a]!r}: duplicate scenes? (with bands in separate "
+                    "files, pass bands=)"
+                )
+        descriptions = [descriptions[i] for i in order]
+        labels = labels[order]
+    return Stack(tuple(descriptions), concat_dim, descriptions[0].library, group, (), labels)
+
+
+def _check_libraries(descriptions: Sequence[FileDescription]) -> None:
     libraries = {d.library for d in descriptions}
     if len(libraries) > 1:
         odd = next(d for d in descriptions if d.library != descriptions[0].library)
         raise StackError(
             f"{odd.path!r} is read with {odd.library}, but {descriptions[0].path!r} with "
-            f"{descriptions[0].library} (netCDF-3 and netCDF-4 files mixed?); pass "
-            "library='netcdf4' to read them all with netCDF-C"
+            f"{descriptions[0].library} (netCDF-3 and netCDF-4 files mixed, or TIFF and "
+            "netCDF?); pass library='netcdf4' to read netCDF files all with netCDF-C"
         )
-    resolved = descriptions[0].library
-    return Stack(tuple(descriptions), concat_dim, resolved, group, tuple(decoded))
 
 
 def _only_dim(description: FileDescription) -> str:

@@ -16,6 +16,7 @@ from types import ModuleType
 FORMATS = {
     "netcdf4": "xrdist.formats.netcdf4lib",
     "h5py": "xrdist.formats.h5pylib",
+    "tifffile": "xrdist.formats.tifflib",
 }
 
 
