@@ -571,3 +571,18 @@ def test_stack_on_a_local_cluster(scene_stack: Any, tmp_path: Path) -> None:
         got = ds.band_data.median("time").compute()
     local = xrdist.open_mfdataset(str(tmp_path / "*_B04.tif"), times="%Y%m%d")
     np.testing.assert_allclose(got.values, local.band_data.median("time").values)
+
+
+def test_synthetic_cog_stack_matches_its_netcdf_twin(tmp_path: Path) -> None:
+    from xrdist.synthetic import write_stack
+
+    cogs = write_stack(tmp_path / "cog", dates=3, size=96, tile=32, file_format="cog")
+    ncs = write_stack(tmp_path / "nc", dates=3, size=96, tile=32)
+    from_cogs = xrdist.open_mfdataset(cogs).band_data.isel(band=0, drop=True)
+    from_ncs = xrdist.open_mfdataset(ncs).refl
+    np.testing.assert_allclose(from_cogs.values, from_ncs.values, atol=6e-5)  # uint16 packing
+    np.testing.assert_array_equal(from_cogs.time.values, from_ncs.time.values)  # DateTime tags
+    ref = rioxarray.open_rasterio(cogs[0], mask_and_scale=True)
+    assert ref.rio.crs.to_epsg() == 32633
+    np.testing.assert_allclose(ref.values[0], from_ncs.values[0], atol=6e-5)
+    assert xr.open_dataset(cogs[0], engine="xrdist").band_data.encoding["overviews"] == 1

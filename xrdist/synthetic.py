@@ -1,4 +1,5 @@
-"""A synthetic satellite stack: one netCDF file per date, clouds as nodata, a real CRS.
+"""A synthetic satellite stack: one file per date (netCDF or COG), clouds as nodata, a
+real CRS.
 
 Each date is a smooth surface (the "ground") plus per-date noise, stored as ``uint16``
 reflectance with ``scale_factor=1e-4`` and ``_FillValue=0``; about a fifth of each date is
@@ -9,6 +10,11 @@ time recovers the surface: the job xrdist exists for.
 
 Layouts: ``tiles`` (zlib+shuffle, on-disk chunks of ``tile`` x ``tile``), ``whole`` (one
 compressed chunk per date) and ``contiguous`` (uncompressed).
+
+``file_format="cog"`` writes the same values as Cloud-Optimized GeoTIFFs instead (one band
+``uint16``, deflate with horizontal differencing, ``tile`` x ``tile`` tiles, overviews by
+2x decimation, GeoTIFF keys for EPSG:32633, GDAL's nodata, scale and DateTime tags), read
+the same by GDAL, rioxarray and xrdist. Only the ``tiles`` layout applies to COGs.
 
 Notes
 -----
@@ -29,6 +35,8 @@ SCALE = np.float32(1e-4)
 PIXEL = 30.0
 ORIGIN = (500_000.0, 5_000_000.0)  # upper-left corner, metres (UTM zone 33N)
 LAYOUTS = ("tiles", "whole", "contiguous")
+FORMATS = ("netcdf", "cog")
+EPSG = 32633
 CRS_WKT = (
     'PROJCS["WGS 84 / UTM zone 33N",GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",'
     '6378137,298.257223563]],PRIMEM["Greenwich",0],UNIT["degree",0.0174532925199433]],'
@@ -77,6 +85,34 @@ def spatial_ref() -> xr.DataArray:
     )
 
 
+def write_cog(path: str, values: np.ndarray, time: pd.Timestamp, tile: int) -> None:
+    """One date as a COG: ``values`` (reflectance, NaN for clouds) packed to uint16."""
+    import tifffile
+
+    packed = np.where(np.isnan(values), 0, np.round(values / SCALE)).astype(np.uint16)
+    geokeys = [1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, EPSG]
+    metadata = (
+        '<GDALMetadata><Item name="SCALE" sample="0" role="scale">'
+        f'{float(SCALE)!r}</Item><Item name="OFFSET" sample="0" role="offset">0</Item>'
+        "</GDALMetadata>"
+    )
+    tags = [
+        (33550, "d", 3, (PIXEL, PIXEL, 0.0), True),  # ModelPixelScale
+        (33922, "d", 6, (0.0, 0.0, 0.0, ORIGIN[0], ORIGIN[1], 0.0), True),  # ModelTiepoint
+        (34735, "H", len(geokeys), geokeys, True),  # GeoKeyDirectory
+        (42112, "s", 0, metadata, True),  # GDAL_METADATA
+        (42113, "s", 0, "0", True),  # GDAL_NODATA
+    ]
+    side = min(tile, max(16, 16 * (packed.shape[0] // 16)))
+    options = {"compression": "zlib", "predictor": True, "tile": (side, side), "metadata": None}
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(packed, datetime=time.to_pydatetime(), extratags=tags, **options)
+        level = packed
+        while min(level.shape) >= 2 * side:  # overviews, as COGs carry them
+            level = level[::2, ::2]
+            tif.write(level, subfiletype=1, extratags=tags[3:], **options)
+
+
 def write_stack(
     folder: str | os.PathLike[str],
     dates: int = 48,
@@ -84,15 +120,22 @@ def write_stack(
     layout: str = "tiles",
     tile: int = 256,
     seed: int = 0,
+    file_format: str = "netcdf",
 ) -> list[str]:
-    """Write (or reuse, if complete) a stack of ``dates`` files; returns their paths."""
+    """Write (or reuse, if complete) a stack of ``dates`` files; returns their paths.
+    netCDF files are named ``scene_YYYYMMDD.nc``, COGs ``scene_YYYYMMDD.tif``."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
+    if file_format not in FORMATS:
+        raise ValueError(f"file_format must be one of {FORMATS}, not {file_format!r}")
+    if file_format == "cog" and layout != "tiles":
+        raise ValueError(f"COGs are tiled: layout={layout!r} applies to netCDF only")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     times = pd.date_range("2024-04-01", periods=dates, freq="5D")
-    paths = [str(folder / f"scene_{t:%Y%m%d}.nc") for t in times]
-    marker = folder / f".complete-{dates}-{size}-{layout}-{tile}-{seed}"
+    suffix = ".tif" if file_format == "cog" else ".nc"
+    paths = [str(folder / f"scene_{t:%Y%m%d}{suffix}") for t in times]
+    marker = folder / f".complete-{dates}-{size}-{layout}-{tile}-{seed}-{file_format}"
     if marker.exists() and all(os.path.exists(p) for p in paths):
         return paths
     rng = np.random.default_rng(seed)
@@ -110,6 +153,9 @@ def write_stack(
     for time, path in zip(times, paths, strict=True):
         values = ground + rng.normal(0, 0.01, ground.shape).astype(np.float32)
         values[clouds(rng, size)] = np.nan
+        if file_format == "cog":
+            write_cog(path, values, time, tile)
+            continue
         ds = xr.Dataset(
             {
                 "refl": (
