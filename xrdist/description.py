@@ -58,6 +58,16 @@ class VariableDescription:
         """On-disk chunk shape, or None when contiguous or unknown."""
         return self.encoding.get("chunksizes")
 
+    @property
+    def compression(self) -> str | None:
+        """The compressor's name (``"zlib"``, ``"zstd"``, ``"deflate"``...), or None."""
+        if self.encoding.get("compression"):  # TIFF: the codec's name
+            return str(self.encoding["compression"])
+        for name in ("zlib", "zstd", "blosc", "bzip2", "szip"):  # netCDF-4 encodings
+            if self.encoding.get(name):
+                return name
+        return None
+
 
 @dataclass(frozen=True)
 class FileDescription:

@@ -15,7 +15,8 @@ from xrdist.description import FileDescription
 
 
 def _compression(encoding: dict[str, Any]) -> str:
-    names = [k for k in ("zlib", "zstd", "bzip2", "szip") if encoding.get(k)]
+    names = [str(encoding["compression"])] if encoding.get("compression") else []  # TIFF
+    names += [k for k in ("zlib", "zstd", "bzip2", "szip") if encoding.get(k)]
     if encoding.get("blosc"):
         blosc = encoding["blosc"]
         names.append(blosc["compressor"] if isinstance(blosc, dict) else "blosc")

@@ -202,11 +202,7 @@ def layout_of(stack: Stack, ds: Dataset, name: str) -> Layout:
         disk = (1, *disk)  # repeated along the stack: one "chunk" per file
     if concat_axis is not None:
         file_lengths = stack.file_lengths
-    compression = None
-    if described is not None:
-        enc = described.encoding
-        codecs = ("zlib", "zstd", "blosc", "bzip2", "szip")
-        compression = next((k for k in codecs if enc.get(k)), None)
+    compression = described.compression if described is not None else None
     return Layout(
         name=name,
         dims=var.dims,

@@ -266,7 +266,8 @@ def read(handle: tifffile.TiffFile, group: str | None, name: str, key: tuple[Any
 
 def _compression_name(page: tifffile.TiffPage) -> str:
     try:
-        return tifffile.COMPRESSION(page.compression).name.lower()
+        name = tifffile.COMPRESSION(page.compression).name.lower()
+        return {"adobe_deflate": "deflate"}.get(name, name)
     except ValueError:
         return f"compression {int(page.compression)}"
 
