@@ -10,7 +10,7 @@ Which lock covers which calls
 ============  ===============================================  =========================
 scope         covers                                           why
 ============  ===============================================  =========================
-library       every call into a native library that is not    netCDF-C is not
+library       every call into a native library that is not     netCDF-C is not
 ``netcdf-c``  thread-safe: open, every metadata call           thread-safe at all; its
               (dims, variables, attributes, chunking),         own HDF5 copy neither.
               reads, close. (netCDF4-python)                   xarray's engine crashes
