@@ -120,8 +120,27 @@ def write_module_pages(app: object) -> None:
             path.write_text(text)
 
 
+# Constants (`#:` comments), attributes and properties are documented in prose. Napoleon
+# would read a first line such as "text (more: text)" as "type: description"; their text
+# is kept as written.
+_PROSE = {"data", "attribute", "property"}
+_prose_docs: dict[str, list[str]] = {}
+
+
+def _keep_prose_doc(app, what, name, obj, options, lines) -> None:  # before napoleon
+    if what in _PROSE:
+        _prose_docs[name] = list(lines)
+
+
+def _restore_prose_doc(app, what, name, obj, options, lines) -> None:  # after it
+    if what in _PROSE and name in _prose_docs:
+        lines[:] = _prose_docs.pop(name)
+
+
 def setup(app: object) -> None:
     app.connect("builder-inited", write_module_pages)
+    app.connect("autodoc-process-docstring", _keep_prose_doc, priority=400)
+    app.connect("autodoc-process-docstring", _restore_prose_doc, priority=600)
 
 
 # -- HTML ------------------------------------------------------------------------------
