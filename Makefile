@@ -25,9 +25,10 @@ test: $(BIN)/.installed
 	$(BIN)/python -m pytest $(ARGS)
 
 # The HTML site in docs/_build/html; a warning (a broken link, a docstring that
-# does not parse, a page in no toctree) fails the build.
+# does not parse, a page in no toctree) fails the build. -E reads every page each time
+# (a few seconds): an incremental build would not repeat a warning of an unchanged page.
 docs: $(BIN)/.installed-docs
-	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
+	$(BIN)/sphinx-build -E -W --keep-going -b html docs docs/_build/html
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache docs/_build docs/generated
