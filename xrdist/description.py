@@ -100,7 +100,7 @@ def describe(
     """The cached description of ``path`` for ``library``/``group``, or ``walk()``'s.
 
     ``walk`` opens (or leases) the file and walks it; it runs only when the file is not
-    described yet or changed on disk since (by :class:`FileIdentity`).
+    described yet or changed on disk since (by :class:`~xrdist.identity.FileIdentity`).
     """
     identity = identity or FileIdentity.of(path)
     key = (path, identity, library, group)

@@ -8,20 +8,20 @@ therefore travels to a dask worker as its name and means the same thing there.
 Which lock covers which calls
 -----------------------------
 ============  ===============================================  =========================
-scope         covers                                           why
+lock          covers                                           why
 ============  ===============================================  =========================
-library       every call into a native library that is not    netCDF-C is not
-``netcdf-c``  thread-safe: open, every metadata call           thread-safe at all; its
+``netcdf-c``  every call into a native library that is not     netCDF-C is not
+              thread-safe: open, every metadata call           thread-safe at all; its
               (dims, variables, attributes, chunking),         own HDF5 copy neither.
               reads, close. (netCDF4-python)                   xarray's engine crashes
                                                                when metadata calls run
                                                                outside its lock.
-library       open, metadata walk and close through h5py.      h5py serialises each
-``hdf5``      Library-path reads too (h5py also takes its      call itself; this lock
+``hdf5``      open, metadata walk and close through h5py.      h5py serialises each
+              Library-path reads too (h5py also takes its      call itself; this lock
               own global lock; ours makes a multi-call walk    keeps a walk of many
               atomic). Byte-range reads take no library lock.  calls consistent.
-library       GDAL/rasterio open, metadata and close.          GDAL dataset handles
-``gdal``                                                       are not thread-safe.
+``gdal``      GDAL/rasterio open, metadata and close.          GDAL dataset handles
+                                                               are not thread-safe.
 file          reads and writes through one handle whose        a handle that seeks
               library is thread-safe across handles but        (tifffile, GDAL, Python
               not within one (GDAL, tifffile, plain files);    files) must not be used

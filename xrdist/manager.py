@@ -150,8 +150,8 @@ class _Entry:
 class Lease:
     """Holds one handle open from ``__enter__`` to ``__exit__``; returned by ``lease``.
 
-    ``identity`` is the :class:`FileIdentity` of the file the handle was opened on
-    (``None`` when the spec names no path). A lease is used once, by one thread.
+    ``identity`` is the :class:`~xrdist.identity.FileIdentity` of the file the handle was
+    opened on (``None`` when the spec names no path). A lease is used once, by one thread.
     """
 
     __slots__ = ("_entry", "_manager", "_spec", "opened")

@@ -418,7 +418,7 @@ def plan_variable(
 
 @dataclass(frozen=True)
 class Plan:
-    """The read plan of a stack: one :class:`VariablePlan` per planned variable."""
+    """The read plan of a stack: one :class:`~xrdist.plan.VariablePlan` per planned variable."""
 
     variables: dict[str, VariablePlan]
     n_files: int

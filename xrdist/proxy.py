@@ -1,9 +1,10 @@
 """Picklable handle proxies: a file described as (opener, path, mode, options).
 
-A :class:`HandleProxy` holds no handle. It names how to open a file; :meth:`lease`
-borrows the handle from the handle manager *of the process it is in*. Pickled (to a
-dask worker, say) it is a few hundred bytes, and on arrival it reattaches to that
-worker's cache, so tasks on one worker that read the same file share one open handle.
+A :class:`HandleProxy` holds no handle. It names how to open a file;
+:meth:`~xrdist.HandleProxy.lease` borrows the handle from the handle manager *of the
+process it is in*. Pickled (to a dask worker, say) it is a few hundred bytes, and on
+arrival it reattaches to that worker's cache, so tasks on one worker that read the same
+file share one open handle.
 
 Equal proxies (same opener, canonical path, mode and options) share one cached handle.
 
