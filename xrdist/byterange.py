@@ -7,10 +7,10 @@ h5py's chunk iteration), then read with positional reads (``os.pread`` on the fi
 descriptor: no HDF5 call, no lock) and decoded in the reading thread with zlib (which
 releases the GIL), numpy and numcodecs. Unallocated chunks read as the fill value.
 
-Supported filters: deflate, shuffle, fletcher32 (verified), and, when numcodecs provides
-them, zstd, blosc, lz4 and bzip2. Anything else (szip, scale-offset, n-bit, unknown
-plugins) and non-chunked layouts are read through h5py as before; :func:`build_chunk_index`
-says why.
+Supported filters: deflate, shuffle, fletcher32 (verified), bzip2 and, when numcodecs
+provides them, zstd and blosc. Anything else (lz4, whose HDF5 framing differs from
+numcodecs', szip, scale-offset, n-bit, unknown plugins) and non-chunked layouts are read
+through h5py as before; :func:`build_chunk_index` says why.
 
 Notes
 -----
