@@ -355,7 +355,8 @@ def test_threads_open_and_reduce_many_files(tmp_path, stress_seconds, library):
 
 
 def test_auto_reads_plain_hdf5_and_enums_through_netcdf_c(tmp_path):
-    """Layouts the h5py path does not describe fall back to netCDF-C, identically."""
+    """netCDF-C describes what h5py's walk does not; types h5py does not read (enums)
+    are read by netCDF-C too, plain HDF5 datasets through h5py; identically."""
     import h5py
     import netCDF4
 
@@ -370,8 +371,9 @@ def test_auto_reads_plain_hdf5_and_enums_through_netcdf_c(tmp_path):
         kind = ds.createEnumType("u1", "cloud_t", {"clear": 0, "cloudy": 1})
         ds.createDimension("x", 3)
         ds.createVariable("cloud", kind, ("x",))[:] = np.array([0, 1, 0], "u1")
+    assert describe_file(str(enum), "auto", None).library == "netcdf4"
+    assert describe_file(str(plain), "auto", None).library == "h5py"
     for path in (plain, enum):
-        assert describe_file(str(path), "auto", None).library == "netcdf4"
         assert_same_as_netcdf4(path)
     with pytest.raises(ValueError, match=r"library='h5py' cannot describe this file .*'auto'"):
         xr.open_dataset(plain, engine="xrdist", library="h5py")
@@ -447,3 +449,18 @@ def test_hdf5_user_block_of_any_size_is_recognised(tmp_path):
     with h5py.File(path, "w", userblock_size=8192) as f:
         f["x"] = np.arange(3)
     assert sniff_format(str(path)) == "hdf5"
+
+
+def test_variable_named_like_another_dimension_is_read_lazily(tmp_path):
+    """netCDF-4 stores it as ``_nc4_non_coord_<name>``; netCDF-C describes it by its name
+    and the h5py reads find it under the prefix."""
+    import netCDF4
+
+    path = tmp_path / "noncoord.nc"
+    with netCDF4.Dataset(path, "w") as ds:
+        ds.createDimension("x", 3)
+        ds.createDimension("y", 20000)  # 160 KB: read lazily, not with the description
+        ds.createVariable("x", "f8", ("y",))[:] = np.arange(20000.0)
+    ours = xr.open_dataset(path, engine="xrdist")
+    assert ours.x.variable._data is not None and ours.x.dims == ("y",)
+    xr.testing.assert_identical(ours.load(), xr.open_dataset(path, engine="netcdf4").load())

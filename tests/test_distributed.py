@@ -37,7 +37,8 @@ def stack(tmp_path_factory):
 
 def test_median_on_cluster_is_identical_to_threaded(client, stack):
     """Same result as the threaded run and as xarray's; files are described on the
-    workers; each worker opens each file at most once."""
+    workers; each worker opens each file at most once for reading (plus one netCDF-C
+    open per file, on the worker that describes it)."""
     chunks = {"time": -1, "y": TILE, "x": TILE}
     client.run(xrdist.clear_cache)
     client.run(xrdist.reset_cache_info)
@@ -50,7 +51,7 @@ def test_median_on_cluster_is_identical_to_threaded(client, stack):
     theirs = reference(stack, chunks).refl.median("time").compute(scheduler="threads")
     xr.testing.assert_allclose(on_cluster, theirs)
     infos = client.run(xrdist.cache_info).values()
-    assert sum(i.opens for i in infos) <= len(stack) * len(infos)
+    assert sum(i.opens for i in infos) <= len(stack) * (len(infos) + 1)
     assert sum(i.hits for i in infos) > 0
     assert all(i.open_errors == 0 and i.leased_now == 0 for i in infos)
 

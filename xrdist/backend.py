@@ -15,6 +15,7 @@ are picklable without data or handles.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 from collections.abc import Iterable
@@ -91,24 +92,72 @@ def check_readable(path: str) -> str:
     return found
 
 
+class _CannotOpen(OSError):
+    """The library could not open the file at all (as opposed to failing to walk it)."""
+
+
 def _walk_with(library: str, path: str, group: str | None) -> FileDescription:
     fmt = get_format(library)
     lease = fmt.proxy(path).lease()
-    with lease as handle:
+    try:
+        handle = lease.__enter__()
+    except OSError as err:
+        raise _CannotOpen(str(err)) from err
+    try:
         assert lease.identity is not None
         return fmt.walk(handle, path, lease.identity, group)
+    finally:
+        lease.__exit__(None, None, None)
+
+
+#: Filters h5py decodes itself (or xrdist by byte ranges) in every installation.
+H5PY_FILTERS = frozenset({"zlib", "shuffle", "fletcher32", "complevel"})
+
+
+def _h5py_reads(description: FileDescription) -> bool:
+    """Whether h5py can read every variable netCDF-C described: plain numeric, char and
+    string types, compressed (if at all) with the filters every HDF5 has."""
+    for var in description.variables.values():
+        if var.dtype.metadata and "enum" in var.dtype.metadata:
+            return False
+        if var.dtype.kind not in "biufcSUO" or var.dtype.fields is not None:
+            return False
+        if var.dtype.kind == "O" and var.encoding.get("dtype") is not str:
+            return False
+        filters = {k for k, v in var.encoding.items() if v and k in FILTER_KEYS}
+        if not filters <= H5PY_FILTERS:
+            return False
+    return True
+
+
+#: netCDF-4 encoding keys that name filters (netCDF4-python's ``Variable.filters()``).
+FILTER_KEYS = frozenset(
+    {"zlib", "shuffle", "fletcher32", "szip", "zstd", "bzip2", "blosc", "complevel"}
+)
 
 
 def _walk_auto(path: str, group: str | None) -> FileDescription:
-    """h5py for netCDF-4/HDF5 files it describes exactly; netCDF-C for the rest."""
+    """netCDF-4/HDF5 files are *described* by netCDF-C, which reads all metadata at open
+    (several times faster than walking it through h5py), and *read* through h5py (by
+    byte ranges, outside any library lock) when h5py reads all their types and filters;
+    otherwise, and for netCDF-3, netCDF-C does both. HDF5 files netCDF-C cannot open are
+    walked by h5py."""
     from xrdist.formats.h5pylib import UnsupportedLayout
 
-    if sniff_format(path) == "hdf5":
+    if sniff_format(path) != "hdf5":
+        return _walk_with("netcdf4", path, group)
+    try:
+        description = _walk_with("netcdf4", path, group)
+    except _CannotOpen:
         try:
             return _walk_with("h5py", path, group)
         except UnsupportedLayout:
             get_format("h5py").proxy(path).close()
-    return _walk_with("netcdf4", path, group)
+            raise
+    if not _h5py_reads(description):
+        return description
+    get_format("netcdf4").proxy(path).close()  # described: reads will use h5py
+    return dataclasses.replace(description, library="h5py")
 
 
 def describe_file(path: str, library: str, group: str | None) -> FileDescription:

@@ -90,6 +90,23 @@ def _node(handle: h5py.File, group: str | None) -> h5py.Group:
     return node
 
 
+#: netCDF-4 stores a variable named like a dimension it is not the coordinate of under
+#: this prefix (netCDF-C hides it; descriptions made by netCDF-C use the plain name).
+NON_COORD_PREFIX = "_nc4_non_coord_"
+
+
+def dataset(handle: h5py.File, group: str | None, name: str) -> h5py.Dataset:
+    """The HDF5 dataset of netCDF variable ``name`` (caller holds LOCK or reads through
+    h5py, which locks)."""
+    node = _node(handle, group)
+    found = node.get(NON_COORD_PREFIX + name)  # then "name" is only a dimension's scale
+    if found is None:
+        found = node.get(name)
+    if not isinstance(found, h5py.Dataset):
+        raise KeyError(f"{handle.filename!r} has no variable {name!r}")
+    return found
+
+
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else value
 
@@ -317,7 +334,7 @@ def chunk_index(handle: h5py.File, group: str | None, name: str) -> ChunkIndex |
         found = _indexes.get(key)
     if found is None:
         with LOCK:
-            dset = _node(handle, group)[name]
+            dset = dataset(handle, group, name)
             found = unsupported_reason(dset) or build_chunk_index(dset, handle.filename, name)
         with _indexes_lock:
             _indexes[key] = found
@@ -345,7 +362,7 @@ def read(handle: h5py.File, group: str | None, name: str, key: tuple[Any, ...]) 
         if isinstance(index, ChunkIndex):
             box, picks = bounding_box(key, index.shape)
             return pick(index.read_box(handle.id.get_vfd_handle(), box), picks)
-    dset = _node(handle, group)[name]
+    dset = dataset(handle, group, name)
     if h5py.check_string_dtype(dset.dtype) is not None and dset.dtype.kind == "O":
         dset = dset.asstr()
     box, picks = bounding_box(key, dset.shape)

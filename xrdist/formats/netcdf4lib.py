@@ -64,7 +64,7 @@ def _values(var: netCDF4.Variable, path: str, key: Any) -> Any:
     except RuntimeError as err:
         if "filter" in str(err).lower():
             raise _filter_error(var, path, err) from err
-        raise
+        raise OSError(f"cannot read variable {var.name!r} of {path!r}: {err}") from err
 
 
 def proxy(path: str) -> HandleProxy:
