@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import gc
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+# The disk cache of file descriptions of this test run (and of the processes it starts)
+# lives in a fresh folder, never in the user's ~/.cache. Set before xrdist is imported.
+os.environ["XRDIST_CACHE_DIR"] = tempfile.mkdtemp(prefix="xrdist-test-descriptions-")
 
 import h5py
 import netCDF4

@@ -7,7 +7,8 @@ consume them without touching the file again.
 
 :func:`describe` caches descriptions per process, keyed by (canonical path, file
 identity, library, group): a file already described is not walked again, even after its
-handle was evicted, until it changes on disk.
+handle was evicted, until it changes on disk. Behind it, :mod:`xrdist.persist` keeps them
+on disk, so a new process does not walk the file either.
 
 Notes
 -----
@@ -88,6 +89,23 @@ class FileDescription:
 _cache: zict.LRU[tuple[Any, ...], FileDescription] = zict.LRU(DESCRIPTION_CACHE_SIZE, {})
 _cache_lock = threading.Lock()
 _walks = [0]
+_loads = [0]
+
+
+def cached(path: str, library: str, group: str | None) -> FileDescription | None:
+    """The description of ``path`` from memory or from disk, or None: never walks."""
+    from xrdist import persist
+
+    key = (path, FileIdentity.of(path), library, group)
+    with _cache_lock:
+        found = _cache.get(key)
+    if found is None:
+        found = persist.load(key)
+        if found is not None:
+            with _cache_lock:
+                _loads[0] += 1
+                _cache[key] = found
+    return found
 
 
 def describe(
@@ -95,33 +113,39 @@ def describe(
     library: str,
     group: str | None,
     walk: Callable[[], FileDescription],
-    identity: FileIdentity | None = None,
 ) -> FileDescription:
     """The cached description of ``path`` for ``library``/``group``, or ``walk()``'s.
 
     ``walk`` opens (or leases) the file and walks it; it runs only when the file is not
     described yet or changed on disk since (by :class:`~xrdist.identity.FileIdentity`).
     """
-    identity = identity or FileIdentity.of(path)
-    key = (path, identity, library, group)
-    with _cache_lock:
-        found = _cache.get(key)
+    from xrdist import persist
+
+    found = cached(path, library, group)
     if found is not None:
         return found
     description = walk()
+    key = (path, description.identity, library, group)
     with _cache_lock:
         _walks[0] += 1
-        _cache[(path, description.identity, library, group)] = description
+        _cache[key] = description
+    persist.store(key, description)
     return description
 
 
 def description_cache_info() -> dict[str, int]:
-    """How many descriptions are cached and how many walks were made."""
+    """How many descriptions are cached in memory, how many files were walked, and how
+    many descriptions were loaded from the disk cache instead."""
     with _cache_lock:
-        return {"cached": len(_cache), "walks": _walks[0]}
+        return {"cached": len(_cache), "walks": _walks[0], "loaded": _loads[0]}
 
 
-def clear_descriptions() -> None:
-    """Forget every cached description (the next open walks the file again)."""
+def clear_descriptions(disk: bool = True) -> None:
+    """Forget every cached description, in memory and (``disk=True``) on disk: the next
+    open walks the file again."""
+    from xrdist import persist
+
     with _cache_lock:
         _cache.clear()
+    if disk:
+        persist.clear()

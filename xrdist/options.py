@@ -35,6 +35,14 @@ def default_file_cache_maxsize() -> int:
     return max(8, min(DEFAULT_CACHE_CAP, soft // 2))
 
 
+def default_description_cache_dir() -> str:
+    """``$XRDIST_CACHE_DIR``, else ``$XDG_CACHE_HOME/xrdist``, else ``~/.cache/xrdist``."""
+    if os.environ.get("XRDIST_CACHE_DIR") is not None:
+        return os.environ["XRDIST_CACHE_DIR"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "xrdist")
+
+
 def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
@@ -49,6 +57,10 @@ _VALIDATORS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "warn_for_unclosed_files": (lambda v: isinstance(v, bool), "True or False"),
     "byte_range_reads": (lambda v: isinstance(v, bool), "True or False"),
     "read_threads": (_positive_int, "a positive integer"),
+    "description_cache_dir": (
+        lambda v: v is None or isinstance(v, str | os.PathLike),
+        "a folder (str or path), or None",
+    ),
 }
 
 _OPTIONS: dict[str, Any] = {
@@ -57,6 +69,7 @@ _OPTIONS: dict[str, Any] = {
     "warn_for_unclosed_files": False,
     "byte_range_reads": True,
     "read_threads": os.cpu_count() or 1,
+    "description_cache_dir": default_description_cache_dir() or None,
 }
 
 _lock = threading.Lock()
@@ -110,6 +123,12 @@ class set_options:  # named like xarray.set_options, used like a function
     read_threads : int
         Threads that read and decode the files of one window of a stack (default: the
         number of CPUs; 1 reads them one after another in the calling thread).
+    description_cache_dir : str or None
+        Folder of the on-disk cache of file descriptions (see ``xrdist.persist``), so a
+        file described once is not walked again by a new process until it changes.
+        Default ``$XRDIST_CACHE_DIR``, else ``$XDG_CACHE_HOME/xrdist``, else
+        ``~/.cache/xrdist``; None (or ``XRDIST_CACHE_DIR=""``) keeps descriptions in
+        memory only.
 
     Examples
     --------

@@ -1,0 +1,114 @@
+"""The on-disk cache of file descriptions, across real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import xrdist
+from xrdist import persist
+from xrdist.description import clear_descriptions, description_cache_info
+
+OPEN_AND_COUNT = """
+import json, sys, warnings
+warnings.simplefilter("error", RuntimeWarning)
+import xarray as xr, xrdist
+from xrdist.description import description_cache_info
+total = 0.0
+for path in sys.argv[1:]:
+    with xr.open_dataset(path, engine="xrdist") as ds:
+        total += float(ds["v"].sum())
+print(json.dumps({**description_cache_info(), "total": total}))
+"""
+
+
+def run(paths: list[str], folder: Path) -> dict[str, float]:
+    env = {**os.environ, "XRDIST_CACHE_DIR": str(folder)}
+    out = subprocess.run(
+        [sys.executable, "-c", OPEN_AND_COUNT, *paths],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def write(path: Path, values: np.ndarray) -> str:
+    xr.Dataset({"v": ("x", values)}).to_netcdf(path, engine="netcdf4")
+    return str(path)
+
+
+def test_a_new_process_loads_descriptions_instead_of_walking(tmp_path: Path) -> None:
+    paths = [write(tmp_path / f"f{i}.nc", np.arange(5.0) + i) for i in range(20)]
+    first = run(paths, tmp_path / "cache")
+    second = run(paths, tmp_path / "cache")
+    assert (first["walks"], first["loaded"]) == (20, 0)
+    assert (second["walks"], second["loaded"]) == (0, 20)
+    assert first["total"] == second["total"] == sum(10 + 5 * i for i in range(20))
+
+
+def test_a_rewritten_file_is_walked_again_and_read_anew(tmp_path: Path) -> None:
+    path = write(tmp_path / "f.nc", np.zeros(5))
+    assert run([path], tmp_path / "cache")["total"] == 0
+    write(tmp_path / "f.nc", np.ones(7))  # new size, identity and contents
+    again = run([path], tmp_path / "cache")
+    assert (again["walks"], again["loaded"], again["total"]) == (1, 0, 7)
+
+
+def test_off_when_the_option_is_none(tmp_path: Path) -> None:
+    path = write(tmp_path / "f.nc", np.zeros(3))
+    with xrdist.set_options(description_cache_dir=None):
+        clear_descriptions(disk=False)
+        xr.open_dataset(path, engine="xrdist").close()
+        assert persist.database_path() is None
+    with xrdist.set_options(description_cache_dir=str(tmp_path / "c")):
+        assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
+
+
+def test_an_unusable_folder_warns_once_and_files_still_open(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    path = write(tmp_path / "f.nc", np.arange(3.0))
+    persist._warned[0] = False
+    with xrdist.set_options(description_cache_dir=str(blocker / "cache")):
+        clear_descriptions(disk=False)
+        with pytest.warns(RuntimeWarning, match="description cache .* not usable"):
+            ds = xr.open_dataset(path, engine="xrdist")
+        assert float(ds.v.sum()) == 3.0
+        ds.close()
+
+
+def test_threads_and_processes_share_one_database(tmp_path: Path) -> None:
+    paths = [write(tmp_path / f"f{i}.nc", np.arange(4.0)) for i in range(60)]
+    folder = tmp_path / "cache"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPEN_AND_COUNT, *paths[i::3]],
+            env={**os.environ, "XRDIST_CACHE_DIR": str(folder)},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(3)
+    ]
+    with xrdist.set_options(description_cache_dir=str(folder)):
+        clear_descriptions(disk=False)
+        with ThreadPoolExecutor(8) as pool:
+            sums = list(
+                pool.map(lambda p: float(xr.open_dataset(p, engine="xrdist").v.sum()), paths)
+            )
+    assert sums == [6.0] * 60
+    for proc in procs:
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0
+        assert json.loads(out.strip().splitlines()[-1])["total"] == 6.0 * 20
+    assert description_cache_info()["walks"] + description_cache_info()["loaded"] >= 60
+    assert run(paths, folder)["walks"] == 0
