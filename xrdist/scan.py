@@ -15,10 +15,12 @@ Thread-safe. A :class:`Stack` is immutable and picklable.
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import itertools
 import os
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -140,6 +142,8 @@ def expand_paths(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]
 
 
 def _active_client() -> Any:
+    if "distributed" not in sys.modules:  # never imported: no client can be active
+        return None
     try:
         from distributed import default_client
     except ImportError:  # pragma: no cover - distributed is a dependency
@@ -155,10 +159,23 @@ def describe_all(
 ) -> list[FileDescription]:
     """Descriptions of ``paths``, in order: on the active distributed client's workers if
     there is one, else in a thread pool (``parallel``), else one after another."""
-    from xrdist.backend import describe_file
+    from xrdist.description import cached
     from xrdist.locks import canonical_path
 
     canonical = [canonical_path(p) for p in paths]
+    found = [cached(p, library, group) for p in canonical]  # memory or disk: no walk
+    missing = [p for p, d in zip(canonical, found, strict=True) if d is None]
+    if not missing:
+        return found
+    walked = iter(_describe_missing(missing, library, group, parallel))
+    return [d if d is not None else next(walked) for d in found]
+
+
+def _describe_missing(
+    canonical: Sequence[str], library: str, group: str | None, parallel: bool
+) -> list[FileDescription]:
+    from xrdist.backend import describe_file
+
     client = _active_client() if parallel else None
     if client is not None:
         futures = client.map(describe_file, canonical, library=library, group=group)
@@ -343,23 +360,121 @@ def infer_concat_dim(descriptions: Sequence[FileDescription]) -> str:
     return varying.pop()
 
 
+#: Seconds per CF time unit, for rebasing integer times to another reference date.
+_UNIT_SECONDS = {"days": 86400, "hours": 3600, "minutes": 60, "seconds": 1}
+_STANDARD_CALENDARS = (None, "standard", "gregorian", "proleptic_gregorian")
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_time_units(units: str) -> tuple[str, Any] | None:
+    """("days", Timestamp) for "days since 2020-01-01", else None."""
+    import pandas as pd
+
+    unit, _, ref = units.partition(" since ")
+    unit = unit.strip().lower()
+    if unit not in _UNIT_SECONDS or not ref:
+        return None
+    try:
+        stamp = pd.Timestamp(ref.strip())
+    except (ValueError, TypeError):
+        return None
+    return None if stamp.tzinfo is not None else (unit, stamp)
+
+
+def _time_offset(var: VariableDescription, base: Any) -> int | None:
+    """Whole number k such that ``var``'s integer times equal values + k in units
+    ``base``, or None (not integer times, another unit or calendar, fractional shift)."""
+    units = var.attrs.get("units")
+    if not isinstance(units, str) or not isinstance(base, str) or var.dtype.kind not in "iu":
+        return None
+    if var.attrs.get("calendar") not in _STANDARD_CALENDARS or "_FillValue" in var.attrs:
+        return None
+    mine, theirs = _parse_time_units(units), _parse_time_units(base)
+    if mine is None or theirs is None or mine[0] != theirs[0]:
+        return None
+    shift = (mine[1] - theirs[1]).total_seconds() / _UNIT_SECONDS[mine[0]]
+    return int(shift) if float(shift).is_integer() else None
+
+
 def decode_file_coordinates(
-    description: FileDescription, names: Iterable[str], decode: Mapping[str, Any]
-) -> dict[str, Any]:
-    """The named small variables of one file, decoded with xarray's CF decoders."""
+    descriptions: Sequence[FileDescription],
+    names: Iterable[str],
+    decode: Mapping[str, Any],
+    concat_dim: str,
+) -> list[dict[str, Any]]:
+    """The named small variables of each file, decoded with xarray's CF decoders.
+
+    Files whose variables have the same attributes (the same ``units``, ``calendar``...)
+    are decoded together: their values are concatenated along ``concat_dim``, decoded in
+    one call and split again, which for a thousand files is a hundred times faster than
+    decoding file by file and gives the same values.
+    """
     from xarray import Variable, conventions
 
-    raw = {
-        name: Variable(v.dims, v.values, dict(v.attrs), dict(v.encoding))
-        for name in names
-        for v in [description.variables[name]]
-    }
-    if not raw:
-        return {}
+    names = sorted(names)
+    if not names:
+        return [{} for _ in descriptions]
     options = {k: v for k, v in decode.items() if k != "drop_variables"}
     options["decode_coords"] = False
-    decoded, _, _ = conventions.decode_cf_variables(raw, {}, **options)
-    return {name: decoded[name] for name in raw}
+    # Integer times "<unit> since <date>" whose dates differ by whole units are rebased
+    # to the first file's units (exactly), so that per-date files decode together.
+    base_units = {n: descriptions[0].variables[n].attrs.get("units") for n in names}
+    rebased: list[dict[str, np.ndarray]] = []
+    groups: dict[Any, list[int]] = {}
+    for i, d in enumerate(descriptions):
+        shifted = {}
+        for n in names:
+            var = d.variables[n]
+            offset = _time_offset(var, base_units[n])
+            bounds = d.variables.get(str(var.attrs.get("bounds", "")))
+            inherits = bounds is not None and "units" not in bounds.attrs  # CF bounds
+            if offset is None or (
+                inherits and (bounds.name not in names or bounds.dtype.kind not in "iu")
+            ):
+                continue
+            shifted[n] = var.values.astype(np.int64) + offset
+            if inherits:
+                shifted[bounds.name] = bounds.values.astype(np.int64) + offset
+        rebased.append(shifted)
+        key = tuple(
+            (
+                n,
+                n in shifted,
+                tuple(
+                    sorted(
+                        (k, _attr_key(v))
+                        for k, v in d.variables[n].attrs.items()
+                        if not (n in shifted and k == "units")
+                    )
+                ),
+            )
+            for n in names
+        )
+        groups.setdefault(key, []).append(i)
+    out: list[dict[str, Any]] = [{} for _ in descriptions]
+    for members in groups.values():
+        first = descriptions[members[0]]
+        raw = {}
+        for name in names:
+            var = first.variables[name]
+            axis = var.dims.index(concat_dim)
+            values = np.concatenate(
+                [rebased[i].get(name, descriptions[i].variables[name].values) for i in members],
+                axis=axis,
+            )
+            attrs = dict(var.attrs)
+            if name in rebased[members[0]] and "units" in attrs:
+                attrs["units"] = base_units[name]
+            raw[name] = Variable(var.dims, values, attrs, dict(var.encoding))
+        decoded, _, _ = conventions.decode_cf_variables(raw, {}, **options)
+        for name in names:
+            var = decoded[name]
+            axis = var.dims.index(concat_dim)
+            lengths = [descriptions[i].variables[name].shape[axis] for i in members]
+            parts = np.split(np.asarray(var.values), np.cumsum(lengths)[:-1], axis=axis)
+            for i, part in zip(members, parts, strict=True):  # already decoded: fastpath
+                out[i][name] = Variable(var.dims, part, var.attrs, var.encoding, fastpath=True)
+    return out
 
 
 def scan(
@@ -401,7 +516,7 @@ def scan(
         )
     validate(descriptions, concat_dim, data_vars)
     per_file = decoded_per_file(descriptions[0], concat_dim)
-    decoded = [decode_file_coordinates(d, per_file, decode) for d in descriptions]
+    decoded = decode_file_coordinates(descriptions, per_file, decode, concat_dim)
     if combine == "by_coords":
         order = _order_by_coordinate(descriptions, decoded, concat_dim)
         descriptions = [descriptions[i] for i in order]
