@@ -165,7 +165,9 @@ def test_option_switches_to_the_library_path(h5file):
 def test_unsupported_layouts_say_why(tmp_path):
     path = tmp_path / "layouts.h5"
     with h5py.File(path, "w") as f:
-        f["contiguous"] = np.arange(10.0)
+        compact = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        compact.set_layout(h5py.h5d.COMPACT)
+        f.create_dataset("compact", data=np.arange(10.0), dcpl=compact)
         f.create_dataset(
             "strings",
             data=np.array(["a", "b"], dtype=object),
@@ -174,7 +176,7 @@ def test_unsupported_layouts_say_why(tmp_path):
         )
         f.create_dataset("lzf", data=np.arange(10.0), chunks=(5,), compression="lzf")
     with h5py.File(path, "r") as f:
-        assert read_path(f, None, "contiguous").startswith("h5py: not chunked")
+        assert read_path(f, None, "compact") == "h5py: compact layout (stored in the object header)"
         assert "dtype" in read_path(f, None, "strings")
         assert read_path(f, None, "lzf") == "h5py: filter 32000 is decoded by HDF5 only"
 
@@ -191,3 +193,52 @@ def test_corrupt_small_variable_is_named_at_open(tmp_path):
     path.write_bytes(bytes(raw))
     with pytest.raises(OSError, match=r"cannot read variable 'tiny' of .*small.nc"):
         xr.open_dataset(path, engine="xrdist")
+
+
+CONTIGUOUS_KEYS = [
+    (slice(None), slice(None), slice(None)),  # everything: one read
+    (2, slice(3, 9), slice(None)),  # whole rows: one read per leading index
+    (slice(1, 4), slice(0, 11), slice(5, 6)),  # single columns: one read per row
+    (slice(None), [0, 5, 10], slice(2, 17, 3)),  # lists and steps: picked from the box
+    (-1, -1, -1),
+    (slice(4, 4), slice(None), slice(None)),  # empty
+]
+
+
+@pytest.mark.parametrize("dtype", ["u1", ">i2", "<f4", ">f8"])
+@pytest.mark.parametrize("key", CONTIGUOUS_KEYS, ids=range(len(CONTIGUOUS_KEYS)))
+def test_contiguous_variables_are_read_by_offset_bit_for_bit(tmp_path, dtype, key):
+    path = tmp_path / "contiguous.h5"
+    values = _values(dtype, np.random.default_rng(3)).astype(dtype)
+    cube = np.stack([values[:, :17] + i for i in range(5)]).astype(dtype)  # (5, 37, 17)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("cube", data=cube)
+        f.create_dataset("never_written", shape=(4, 6), dtype=dtype, fillvalue=3)
+        f["scalar"] = np.array(2.5, dtype=">f8")
+    with h5py.File(path, "r") as f:
+        assert read_path(f, None, "cube") == "byte-range"
+        from xrdist.formats.h5pylib import read
+
+        got = read(f, None, "cube", key)
+        with xrdist.set_options(byte_range_reads=False):
+            expected = read(f, None, "cube", key)
+        assert got.dtype == expected.dtype
+        np.testing.assert_array_equal(got, expected)
+        np.testing.assert_array_equal(
+            read(f, None, "never_written", (slice(None), slice(1, 3))), np.full((4, 2), 3)
+        )
+        assert read(f, None, "scalar", ()) == 2.5
+
+
+def test_truncated_contiguous_variable_is_named(tmp_path):
+    path = tmp_path / "cut.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("big", data=np.arange(100_000.0))
+        offset = f["big"].id.get_offset()
+    with h5py.File(path, "r") as f:
+        from xrdist.formats.h5pylib import read
+
+        with open(path, "r+b") as fh:  # cut short while open (HDF5 refuses to open it)
+            fh.truncate(offset + 1000)
+        with pytest.raises(CorruptChunkError, match=r"cut\.h5.*'big'.*file ends"):
+            read(f, None, "big", (slice(90_000, 90_010),))

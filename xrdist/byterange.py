@@ -7,10 +7,12 @@ h5py's chunk iteration), then read with positional reads (``os.pread`` on the fi
 descriptor: no HDF5 call, no lock) and decoded in the reading thread with zlib (which
 releases the GIL), numpy and numcodecs. Unallocated chunks read as the fill value.
 
-Supported filters: deflate, shuffle, fletcher32 (verified), bzip2 and, when numcodecs
-provides them, zstd and blosc. Anything else (lz4, whose HDF5 framing differs from
-numcodecs', szip, scale-offset, n-bit, unknown plugins) and non-chunked layouts are read
-through h5py as before; :func:`build_chunk_index` says why.
+Contiguous variables (no filters) are read by offset: one positional read per run of
+contiguous bytes of the window (:class:`ContiguousIndex`). Supported filters of chunked
+variables: deflate, shuffle, fletcher32 (verified), bzip2 and, when numcodecs provides
+them, zstd and blosc. Anything else (lz4, whose HDF5 framing differs from
+numcodecs', szip, scale-offset, n-bit, unknown plugins), compact and external layouts are
+read through h5py as before; :func:`unsupported_reason` says why.
 
 Notes
 -----
@@ -27,6 +29,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
+import h5py
 import numpy as np
 
 try:  # libdeflate: about twice zlib's speed when the output size is known
@@ -213,15 +216,66 @@ class ChunkIndex:
         return out
 
 
+@dataclass(frozen=True)
+class ContiguousIndex:
+    """Where one contiguous (unchunked, unfiltered) variable's bytes are: C order from
+    ``offset``, or nowhere yet (``offset`` None: never written, reads the fill value)."""
+
+    path: str
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fill_value: Any
+    offset: int | None
+
+    def read_box(self, fd: int, box: tuple[slice, ...]) -> np.ndarray:
+        """The values in ``box`` (unit-step slices): one positional read per run of
+        contiguous bytes (a row of the box, or several whole rows at once)."""
+        out_shape = [s.stop - s.start for s in box]
+        if self.offset is None or 0 in out_shape:
+            return np.full(out_shape, self.fill_value, dtype=self.dtype)
+        if not box:  # a scalar
+            return self._pread(fd, 0, 1).reshape(())
+        out = np.empty(out_shape, dtype=self.dtype)
+        # The run: the last axis the box does not cover whole, with all axes after it.
+        axis = len(box) - 1
+        while axis > 0 and box[axis].start == 0 and box[axis].stop == self.shape[axis]:
+            axis -= 1
+        inner = int(np.prod(self.shape[axis + 1 :], dtype=np.int64))
+        count = (box[axis].stop - box[axis].start) * inner
+        run_shape = out_shape[axis:]
+        for where in itertools.product(*(range(s.start, s.stop) for s in box[:axis])):
+            first = (*where, box[axis].start, *([0] * (len(box) - axis - 1)))
+            start = int(np.ravel_multi_index(first, self.shape))
+            dst = tuple(w - s.start for w, s in zip(where, box, strict=False))
+            out[dst] = self._pread(fd, start, count).reshape(run_shape)
+        return out
+
+    def _pread(self, fd: int, start: int, count: int) -> np.ndarray:
+        size = count * self.dtype.itemsize
+        assert self.offset is not None
+        raw = os.pread(fd, size, self.offset + start * self.dtype.itemsize)
+        if len(raw) != size:
+            raise CorruptChunkError(
+                f"{self.path!r}, variable {self.name!r}: file ends after {len(raw)} of "
+                f"{size} bytes at element {start} (truncated?)"
+            )
+        return np.frombuffer(raw, dtype=self.dtype)
+
+
 def unsupported_reason(dset: Any) -> str | None:
     """Why ``dset`` (an h5py Dataset) cannot be read by byte ranges, or None if it can."""
-    if dset.chunks is None:
-        return "not chunked (contiguous or compact layout)"
     if dset.dtype.kind not in "biuf" or dset.dtype.fields is not None:
         return f"dtype {dset.dtype} is read through h5py"
     if dset.file.driver != "sec2":
         return f"the file is opened with the {dset.file.driver!r} driver, not sec2"
     plist = dset.id.get_create_plist()
+    if dset.chunks is None:
+        if plist.get_layout() != h5py.h5d.CONTIGUOUS:
+            return "compact layout (stored in the object header)"
+        if plist.get_external_count():
+            return "stored in external files"
+        return None
     for i in range(plist.get_nfilters()):
         fid = plist.get_filter(i)[0]
         if fid in (DEFLATE, SHUFFLE, FLETCHER32, BZIP2):
@@ -232,8 +286,19 @@ def unsupported_reason(dset: Any) -> str | None:
     return None
 
 
-def build_chunk_index(dset: Any, path: str, name: str) -> ChunkIndex:
-    """Locate every stored chunk of ``dset`` (caller holds the HDF5 library lock)."""
+def build_chunk_index(dset: Any, path: str, name: str) -> ChunkIndex | ContiguousIndex:
+    """Locate every stored chunk of ``dset``, or its one contiguous run of bytes (caller
+    holds the HDF5 library lock and checked :func:`unsupported_reason`)."""
+    if dset.chunks is None:
+        offset = dset.id.get_offset()
+        return ContiguousIndex(
+            path=path,
+            name=name,
+            shape=tuple(dset.shape),
+            dtype=dset.dtype,
+            fill_value=dset.fillvalue,
+            offset=None if offset is None else int(offset),
+        )
     plist = dset.id.get_create_plist()
     pipeline = tuple(
         (int(f[0]), tuple(int(v) for v in f[2]))

@@ -30,7 +30,7 @@ import numpy as np
 import zict
 from xarray.coding.strings import create_vlen_dtype
 
-from xrdist.byterange import ChunkIndex, build_chunk_index, unsupported_reason
+from xrdist.byterange import ChunkIndex, ContiguousIndex, build_chunk_index, unsupported_reason
 from xrdist.description import SMALL_VARIABLE_BYTES, FileDescription, VariableDescription
 from xrdist.identity import FileIdentity
 from xrdist.locks import HDF5, library_lock
@@ -322,11 +322,13 @@ def walk(
 
 # (HDF5 file number, group, variable) -> ChunkIndex, or why there is none. HDF5 numbers
 # each file it opens anew, so an index never outlives the handle it was built from.
-_indexes: zict.LRU[tuple[Any, ...], ChunkIndex | str] = zict.LRU(4096, {})
+_indexes: zict.LRU[tuple[Any, ...], ChunkIndex | ContiguousIndex | str] = zict.LRU(4096, {})
 _indexes_lock = threading.Lock()
 
 
-def chunk_index(handle: h5py.File, group: str | None, name: str) -> ChunkIndex | str:
+def chunk_index(
+    handle: h5py.File, group: str | None, name: str
+) -> ChunkIndex | ContiguousIndex | str:
     """The byte-range index of a variable of an open file (built once), or the reason
     it is read through h5py instead."""
     key = (handle.id.fileno, group, name)
@@ -346,7 +348,7 @@ def read_path(handle: h5py.File, group: str | None, name: str) -> str:
     if not get_option("byte_range_reads"):
         return "h5py: byte_range_reads is off"
     index = chunk_index(handle, group, name)
-    return "byte-range" if isinstance(index, ChunkIndex) else f"h5py: {index}"
+    return f"h5py: {index}" if isinstance(index, str) else "byte-range"
 
 
 def read(handle: h5py.File, group: str | None, name: str, key: tuple[Any, ...]) -> Any:
@@ -359,7 +361,7 @@ def read(handle: h5py.File, group: str | None, name: str, key: tuple[Any, ...]) 
     """
     if get_option("byte_range_reads"):
         index = chunk_index(handle, group, name)
-        if isinstance(index, ChunkIndex):
+        if not isinstance(index, str):
             box, picks = bounding_box(key, index.shape)
             return pick(index.read_box(handle.id.get_vfd_handle(), box), picks)
     dset = dataset(handle, group, name)
