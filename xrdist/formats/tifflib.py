@@ -218,13 +218,14 @@ def _build_tiles(page: tifffile.TiffPage, path: str) -> Tiles:
     kwargs: dict[str, Any] = {}
     if page.compression in (6, 7, 34892, 33007):  # JPEG variants: shared tables
         kwargs = {"jpegtables": page.jpegtables, "jpegheader": page.jpegheader}
+    nodata = _nodata(page)
     return Tiles(
         path=path,
         shape=(bands, int(page.imagelength), int(page.imagewidth)),
         tile=tile,
         planar=bands > 1 and int(page.planarconfig) == 2,
         dtype=np.dtype(page.dtype),
-        fill_value=_nodata(page) if _nodata(page) is not None else 0,
+        fill_value=0 if nodata is None else nodata,  # of tiles never written (sparse)
         compression=_compression_name(page),
         offsets=np.asarray(page.dataoffsets, dtype=np.int64),
         sizes=np.asarray(page.databytecounts, dtype=np.int64),
