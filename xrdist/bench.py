@@ -760,6 +760,9 @@ QUIET_WARNINGS = ("DeprecationWarning", "PendingDeprecationWarning", "FutureWarn
 
 def notes(results: list[dict[str, Any]]) -> list[str]:
     out = []
+    sources = sorted({r["xrdist_source"] for r in results if "xrdist_source" in r})
+    if sources:
+        out.append(f"xrdist imported from {', '.join(sources)}")
     digests = {r["digest"] for r in results if "digest" in r}
     if digests:
         same = "bitwise identical" if len(digests) == 1 else f"{len(digests)} distinct results"
