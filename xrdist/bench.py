@@ -805,11 +805,33 @@ def failure_details(results: list[dict[str, Any]]) -> str:
 def xrdist_state() -> str:
     """Where ``import xrdist`` finds the package (without importing it), and its git commit
     (and whether it has uncommitted changes) if it is in a git work tree."""
+    directory = _xrdist_directory()
+    if directory is None:
+        return "xrdist not found"
+    return f"{directory}{_git_state(directory)}"
+
+
+def xrdist_fingerprint() -> str:
+    """The package's files as git sees them (tree, uncommitted changes), to tell whether
+    xrdist changed during a run; commits elsewhere in the repository do not count."""
+    directory = _xrdist_directory()
+    if directory is None:
+        return ""
+    try:
+        tree = _git(directory, "rev-parse", "HEAD:./")
+        changes = _git(directory, "diff", "HEAD", "--", ".")
+        untracked = _git(directory, "ls-files", "--others", "--exclude-standard", "--", ".")
+    except (OSError, subprocess.CalledProcessError):
+        return directory
+    digest = hashlib.sha1((changes + untracked).encode()).hexdigest()[:12]
+    return f"{directory} {tree} {digest}"
+
+
+def _xrdist_directory() -> str | None:
     spec = importlib.util.find_spec("xrdist")
     if spec is None or spec.origin is None:
-        return "xrdist not found"
-    directory = os.path.dirname(spec.origin)
-    return f"{directory}{_git_state(directory)}"
+        return None
+    return os.path.dirname(spec.origin)
 
 
 def _git(directory: str | os.PathLike[str], *args: str) -> str:
@@ -1027,6 +1049,7 @@ def run(args: argparse.Namespace) -> int:
         info["xrdist"] = f"{path / 'xrdist'} (git {path.name[7:]})"
     else:
         info["xrdist"] = xrdist_state()
+    fingerprint = xrdist_fingerprint()
     env = child_env(None if args.no_jit_cache else workdir / "numba-cache", pythonpath)
     command = reproduce(args)
     print(
@@ -1106,10 +1129,10 @@ def run(args: argparse.Namespace) -> int:
     firsts = [(layout, r) for layout, r in firsts if r is not None]
     if any(not agree(r, firsts[0][1]) for _, r in firsts[1:]):
         print("\nnote: the layouts' results differ from one another (same values expected)")
-    if not args.xrdist_ref and xrdist_state() != info["xrdist"]:
+    if not args.xrdist_ref and xrdist_fingerprint() != fingerprint:
         all_problems.append(
             f"xrdist changed during the run: {info['xrdist']} at the start, "
-            f"{xrdist_state()} at the end"
+            f"{xrdist_state()} at the end (--xrdist-ref HEAD measures a fixed snapshot)"
         )
     report["problems"] = all_problems
     if args.json:
