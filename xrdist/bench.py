@@ -137,6 +137,7 @@ class Method:
     cluster: bool
     code: str
     requires: str | None = None  # a module that must be importable
+    default: bool = True  # run when --methods is not given (and installed)
 
     def available(self) -> bool:
         if self.requires is None:
@@ -180,6 +181,14 @@ METHODS = {
             'concat_dim="time", chunks={}).chunk(CHUNKS)',
         ),
         Method(
+            "rioxarray-nolock",
+            "rioxarray-nolock",
+            ("cog",),
+            False,
+            "the same with lock=False: parallel reads, a new GDAL handle for each",
+            default=False,
+        ),
+        Method(
             "netcdf4-p2p",
             "netcdf4",
             ("netcdf",),
@@ -213,7 +222,7 @@ METHODS = {
     )
 }
 #: Methods whose wall time is the "best xarray" reference of the ratio column.
-BASELINES = ("netcdf4", "h5netcdf", "rioxarray")
+BASELINES = ("netcdf4", "h5netcdf", "rioxarray", "rioxarray-nolock")
 
 
 def file_format(layout: str) -> str:
@@ -393,9 +402,10 @@ def open_stack(reader: str, paths: list[str], chunks: dict[str, int]) -> Any:
         return xrdist.open_mfdataset(paths, chunks=chunks)
     if reader in ("netcdf4", "h5netcdf"):
         return xr.open_mfdataset(paths, engine=reader, chunks={}).chunk(chunks)
-    if reader == "rioxarray":
+    if reader in ("rioxarray", "rioxarray-nolock"):
+        lock = {"lock": False} if reader == "rioxarray-nolock" else {}
         ds = xr.open_mfdataset(
-            paths, engine="rasterio", combine="nested", concat_dim="time", chunks={}
+            paths, engine="rasterio", combine="nested", concat_dim="time", chunks={}, **lock
         )
         return ds.chunk(chunks)
     side = chunks["x"]
@@ -996,7 +1006,7 @@ def _split(text: str, allowed: list[str], what: str) -> list[str]:
 
 
 def default_methods() -> list[str]:
-    return [name for name, m in METHODS.items() if m.requires is None or m.available()]
+    return [name for name, m in METHODS.items() if m.default and m.available()]
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -1176,8 +1186,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--methods",
         default=",".join(default_methods()),
-        help=f"comma-separated, of {', '.join(METHODS)} (default: all installed); each "
-        "layout runs those that read its format",
+        help=f"comma-separated, of {', '.join(METHODS)} (default: all installed but "
+        "rioxarray-nolock); each layout runs those that read its format",
     )
     parser.add_argument("--repeat", type=int, default=1, help="runs per method (median)")
     parser.add_argument(
