@@ -216,7 +216,8 @@ METHODS = {
             "stackstac",
             ("cog",),
             False,
-            'stackstac.stack(items, assets=["data"], chunksize=256, rescale=True)',
+            'stackstac.stack(items, assets=["data"], chunksize=256, rescale=True, '
+            "snap_bounds=False)",
             requires="stackstac",
         ),
     )
@@ -420,7 +421,9 @@ def open_stack(reader: str, paths: list[str], chunks: dict[str, int]) -> Any:
         import stackstac
 
         items = _stac_items(paths)
-        data = stackstac.stack(items, assets=["data"], chunksize=side, rescale=True)
+        data = stackstac.stack(
+            items, assets=["data"], chunksize=side, rescale=True, snap_bounds=False
+        )  # snapped bounds add a row and a column of NaN
         return data.astype(np.float32).to_dataset(name="band_data")
     raise ValueError(f"unknown reader {reader!r}")
 
