@@ -561,8 +561,9 @@ def _child_main(argv: list[str]) -> int:
 _BOOT = "import runpy, sys; runpy.run_path(sys.argv[1], run_name='__main__')"
 
 
-def child_command(*args: str) -> list[str]:
-    return [sys.executable, "-P", "-c", _BOOT, os.path.abspath(__file__), *args]
+def child_command(*args: str, script: str | None = None) -> list[str]:
+    """``script`` (default this file) run in a fresh interpreter with ``args``."""
+    return [sys.executable, "-P", "-c", _BOOT, script or os.path.abspath(__file__), *args]
 
 
 def child_env(numba_cache: str | os.PathLike[str] | None, pythonpath: str | None = None):
@@ -607,10 +608,12 @@ def _busy_cpu() -> float:
     return sum(t) - t.idle - getattr(t, "iowait", 0.0)
 
 
-def spawn(spec: dict[str, Any], env: dict[str, str], timeout: float = 1800.0) -> dict[str, Any]:
+def spawn(
+    spec: dict[str, Any], env: dict[str, str], timeout: float = 1800.0, script: str | None = None
+) -> dict[str, Any]:
     """Run one method (:func:`run_one`) in a fresh interpreter, sampling the RSS of its
     process tree; the child's record plus what only the parent can see."""
-    cmd = child_command("--child", json.dumps(spec))
+    cmd = child_command("--child", json.dumps(spec), script=script)
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         cpu_before, busy_before = _children_cpu(), _busy_cpu()
         start = time.perf_counter()
@@ -1055,10 +1058,12 @@ def run(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     info = machine()
-    pythonpath = None
+    pythonpath = script = None
     if args.xrdist_ref:
         path = snapshot_xrdist(args.xrdist_ref, workdir)
         pythonpath = str(path)
+        if (path / "xrdist" / "bench.py").exists():  # the children's code of that commit too
+            script = str(path / "xrdist" / "bench.py")
         info["xrdist"] = f"{path / 'xrdist'} (git {path.name[7:]})"
     else:
         info["xrdist"] = xrdist_state()
@@ -1110,7 +1115,7 @@ def run(args: argparse.Namespace) -> int:
             for _ in range(args.repeat):
                 if args.cold:
                     evict_from_page_cache(paths)
-                runs.append(dict(spawn(spec, env, args.timeout), layout=layout))
+                runs.append(dict(spawn(spec, env, args.timeout, script), layout=layout))
             results.append(summarise(runs))
             last = results[-1]
             status = f"{last['wall_s']:.2f} s" if "wall_s" in last else "FAILED"
