@@ -1016,18 +1016,20 @@ def default_methods() -> list[str]:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """The whole run as markdown: command, machine, one table per layout, notes."""
+    """The whole run as markdown: command, machine, one table per layout, notes (without
+    this machine's paths, so that it can go on a docs page)."""
+    info = report["machine"]
     lines = [
         f"Command: `{report['command']}`",
         "",
-        f"Machine: {describe_machine(report['machine'])}",
+        f"Machine: {describe_machine(info)}",
         "",
-        f"xrdist: {report['machine']['xrdist']}",
+        f"xrdist: {info.get('xrdist_git') or info['xrdist']}",
         "",
     ]
     for entry in report["layouts"].values():
         lines += [f"**{entry['description']}**", "", entry["table"], ""]
-        lines += [f"- {note}" for note in entry["notes"]]
+        lines += [f"- {note}" for note in entry["notes"] if not note.startswith("xrdist imported")]
         lines += [f"- **{p}**" for p in entry["problems"]]
         lines.append("")
     return "\n".join(lines)
@@ -1067,6 +1069,8 @@ def run(args: argparse.Namespace) -> int:
         info["xrdist"] = f"{path / 'xrdist'} (git {path.name[7:]})"
     else:
         info["xrdist"] = xrdist_state()
+        directory = _xrdist_directory()
+        info["xrdist_git"] = _git_state(directory).strip(" ()") if directory else None
     fingerprint = xrdist_fingerprint()
     env = child_env(None if args.no_jit_cache else workdir / "numba-cache", pythonpath)
     command = reproduce(args)
