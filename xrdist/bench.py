@@ -1197,9 +1197,14 @@ def quiet_run(
     tries = []
     for _ in range(3 if args.max_others is not None else 1):
         if args.max_others is not None:
-            deadline = time.monotonic() + args.wait
-            while others_cpu_share() * 100 > args.max_others and time.monotonic() < deadline:
-                pass
+            deadline, told = time.monotonic() + args.wait, False
+            while (busy := others_cpu_share() * 100) > args.max_others:
+                if time.monotonic() > deadline:
+                    print(f"    (ran anyway: {busy:.0f} % of the cores busy after the wait)")
+                    break
+                if not told:
+                    print(f"    (waiting: other processes use {busy:.0f} % of the cores)")
+                    told = True
         if args.cold:
             evict_from_page_cache(paths)
         tries.append(spawn(spec, env, args.timeout, script))
