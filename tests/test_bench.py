@@ -102,3 +102,49 @@ def test_disagreeing_results_are_reported():
     assert "DIFFERS" in bench.table(rows)
     failed = {"method": "h5netcdf", "ok": False, "error": "exit code 1"}
     assert bench.problems([good, failed]) == ["h5netcdf FAILED: exit code 1"]
+
+
+def test_reports_merge_later_layouts_replace_earlier(tmp_path):
+    from argparse import Namespace
+
+    from xrdist import bench
+
+    def report(command, layouts, wall):
+        row = {"method": "xrdist", "ok": True, "checksum": 1.0, "nan_count": 0}
+        row.update(wall_s=wall, peak_rss_tree=2**28, process_s=1.0, tree_cpu_s=1.0)
+        row["other_cpu_share"] = 0.0
+        return {
+            "command": command,
+            "args": {"dates": 6, "size": 64},
+            "machine": {
+                "cpu_count": 2,
+                "ram_bytes": 2**30,
+                "python": "3",
+                "platform": "p",
+                "versions": {},
+                "xrdist": "/x (git abc)",
+            },
+            "layouts": {
+                name: {
+                    "description": name,
+                    "table": bench.table([row]),
+                    "notes": [],
+                    "problems": [],
+                    "results": [row],
+                }
+                for name in layouts
+            },
+            "problems": [],
+        }
+
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps(report("xrdist bench A", ["tiles", "cog"], 9.0)))
+    second.write_text(json.dumps(report("xrdist bench B", ["tiles"], 3.0)))
+    merged = bench.merge_reports([str(first), str(second)])
+    assert list(merged["layouts"]) == ["tiles", "cog"]
+    assert merged["layouts"]["tiles"]["results"][0]["wall_s"] == 3.0
+    text = bench.markdown(merged)
+    assert "`xrdist bench A`: cog" in text and "`xrdist bench B`: tiles" in text
+    assert "xrdist: git abc" in text
+    args = Namespace(json=None, markdown=str(tmp_path / "m.md"), plot=None)
+    assert bench.write_outputs(merged, args) == 0 and (tmp_path / "m.md").exists()

@@ -1015,16 +1015,31 @@ def default_methods() -> list[str]:
     return [name for name, m in METHODS.items() if m.default and m.available()]
 
 
+def _git_part(state: str) -> str:
+    """``git abc123`` of ``/some/path (git abc123)``, else the whole text."""
+    start = state.rfind("(git ")
+    return state[start + 1 : -1] if start >= 0 and state.endswith(")") else state
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The whole run as markdown: command, machine, one table per layout, notes (without
     this machine's paths, so that it can go on a docs page)."""
     info = report["machine"]
-    lines = [
-        f"Command: `{report['command']}`",
+    commands = list(
+        dict.fromkeys(e.get("command", report["command"]) for e in report["layouts"].values())
+    )
+    if len(commands) == 1:
+        lines = [f"Command: `{commands[0]}`"]
+    else:
+        lines = ["Commands (the later ones reran some layouts):", ""]
+        for command in commands:
+            done = [k for k, e in report["layouts"].items() if e.get("command") == command]
+            lines.append(f"- `{command}`: {', '.join(done)}")
+    lines += [
         "",
         f"Machine: {describe_machine(info)}",
         "",
-        f"xrdist: {info.get('xrdist_git') or info['xrdist']}",
+        f"xrdist: {info.get('xrdist_git') or _git_part(info['xrdist'])}",
         "",
     ]
     for entry in report["layouts"].values():
@@ -1051,6 +1066,8 @@ def reproduce(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """``xrdist bench``."""
+    if args.from_json:
+        return write_outputs(merge_reports(args.from_json), args)
     if args.repeat < 1 or args.dates < 2 or args.size < 16:
         raise SystemExit("--repeat must be >= 1, --dates >= 2 and --size >= 16")
     layouts = _split(args.layouts, list(LAYOUTS), "layout")
@@ -1069,6 +1086,7 @@ def run(args: argparse.Namespace) -> int:
         if (path / "xrdist" / "bench.py").exists():  # the children's code of that commit too
             script = str(path / "xrdist" / "bench.py")
         info["xrdist"] = f"{path / 'xrdist'} (git {path.name[7:]})"
+        info["xrdist_git"] = f"git {path.name[7:]} (`--xrdist-ref {args.xrdist_ref}`)"
     else:
         info["xrdist"] = xrdist_state()
         directory = _xrdist_directory()
@@ -1158,6 +1176,11 @@ def run(args: argparse.Namespace) -> int:
             f"{xrdist_state()} at the end (--xrdist-ref HEAD measures a fixed snapshot)"
         )
     report["problems"] = all_problems
+    return write_outputs(report, args)
+
+
+def write_outputs(report: dict[str, Any], args: argparse.Namespace) -> int:
+    """``--json``, ``--markdown``, ``--plot``; 1 if the report has problems, else 0."""
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, default=str))
         print(f"\nresults: {args.json}")
@@ -1168,13 +1191,30 @@ def run(args: argparse.Namespace) -> int:
         written = plot(report, args.plot)
         if written is not None:
             print(f"plot: {written}")
-    if all_problems:
+    if report["problems"]:
         print("\n" + "!" * 72)
-        for problem in all_problems:
+        for problem in report["problems"]:
             print(f"!!! {problem}")
         print("!" * 72)
         return 1
     return 0
+
+
+def merge_reports(paths: list[str]) -> dict[str, Any]:
+    """Several ``--json`` reports as one: a later report's layouts replace the same layouts
+    of earlier ones (to rerun a layout that was disturbed, say). Machine and arguments are
+    the first report's."""
+    reports = [json.loads(Path(p).read_text()) for p in paths]
+    merged = dict(reports[0], layouts={}, problems=[])
+    for report in reports:
+        for layout, entry in report["layouts"].items():
+            merged["layouts"][layout] = dict(entry, command=report["command"])
+        if report["machine"]["cpu_count"] != merged["machine"]["cpu_count"]:
+            raise SystemExit(f"{paths[0]} and another report come from different machines")
+    merged["problems"] = [
+        f"{layout}: {p}" for layout, e in merged["layouts"].items() for p in e["problems"]
+    ]
+    return merged
 
 
 def others_cpu_share(seconds: float = 1.0) -> float:
@@ -1260,6 +1300,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--wait", type=float, default=300.0, help="longest wait for --max-others, seconds"
+    )
+    parser.add_argument(
+        "--from-json",
+        nargs="+",
+        metavar="JSON",
+        help="run nothing: write --markdown, --plot (and --json) from earlier --json "
+        "reports; a later report's layouts replace the same layouts of earlier ones",
     )
     parser.add_argument(
         "--cold", action="store_true", help="drop the stack from the page cache before each run"
