@@ -1025,9 +1025,8 @@ def markdown(report: dict[str, Any]) -> str:
     """The whole run as markdown: command, machine, one table per layout, notes (without
     this machine's paths, so that it can go on a docs page)."""
     info = report["machine"]
-    commands = list(
-        dict.fromkeys(e.get("command", report["command"]) for e in report["layouts"].values())
-    )
+    used = {e.get("command", report["command"]) for e in report["layouts"].values()}
+    commands = [c for c in report.get("commands", [report["command"]]) if c in used]
     if len(commands) == 1:
         lines = [f"Command: `{commands[0]}`"]
     else:
@@ -1082,6 +1081,7 @@ def run(args: argparse.Namespace) -> int:
     pythonpath = script = None
     if args.xrdist_ref:
         path = snapshot_xrdist(args.xrdist_ref, workdir)
+        args.xrdist_ref = path.name[7:]  # the commit, so that the command repeats this run
         pythonpath = str(path)
         if (path / "xrdist" / "bench.py").exists():  # the children's code of that commit too
             script = str(path / "xrdist" / "bench.py")
@@ -1205,7 +1205,7 @@ def merge_reports(paths: list[str]) -> dict[str, Any]:
     of earlier ones (to rerun a layout that was disturbed, say). Machine and arguments are
     the first report's."""
     reports = [json.loads(Path(p).read_text()) for p in paths]
-    merged = dict(reports[0], layouts={}, problems=[])
+    merged = dict(reports[0], layouts={}, problems=[], commands=[r["command"] for r in reports])
     for report in reports:
         for layout, entry in report["layouts"].items():
             merged["layouts"][layout] = dict(entry, command=report["command"])
