@@ -1,7 +1,7 @@
 """Reading a compressed stack with 1 and 2 reader threads: byte ranges against h5py.
 
 Usage: ``.venv/bin/python benchmarks/read_scaling.py STACK_FOLDER [--repeat 3]``
-(for example the ``tiles`` stack that ``benchmarks/median_stack.py`` writes).
+(for example a ``tiles`` stack that ``xrdist bench`` writes under its ``--workdir``).
 
 Reduces ``refl`` with a sum (so that reading and decoding dominate) with
 ``chunks={"time": -1, "y": 256, "x": 256}``; ``--raw`` skips CF decoding.

@@ -46,3 +46,16 @@ def test_info_shows_variables_chunks_and_the_plan(tmp_path):
     assert "refl: rechunk" in out.stdout and "amplification 2.25 > 1.5" in out.stdout
     single = xrdist("info", str(next((tmp_path / "s").glob("*.nc"))), cwd=tmp_path)
     assert single.returncode == 0 and "read with h5py" in single.stdout
+
+
+@pytest.mark.timeout(300)
+def test_demo_on_cogs_compares_with_rioxarray(tmp_path):
+    out = xrdist(
+        "demo", "--format", "cog", "--dates", "6", "--size", "64", "--folder", "out", cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "| xrdist |" in out.stdout and "| rioxarray |" in out.stdout
+    assert "DIFFERS" not in out.stdout
+    assert "band_data: direct" in out.stdout
+    assert (tmp_path / "out" / "composite.png").stat().st_size > 10_000
+    assert len(list((tmp_path / "out" / "stack-cog").glob("scene_*.tif"))) == 6

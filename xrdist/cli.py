@@ -12,6 +12,12 @@ def _demo(args: argparse.Namespace) -> int:
     return demo.run(args)
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from xrdist import bench
+
+    return bench.run(args)
+
+
 def _info(args: argparse.Namespace) -> int:
     from xrdist import info
 
@@ -33,14 +39,26 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="cloud-free median of a synthetic satellite stack: xrdist vs xarray + dask",
-        description="Write a synthetic satellite stack (one netCDF file per date, clouds as "
-        "nodata), compute the cloud-free median composite with xrdist and with plain xarray "
-        "+ dask, print a side-by-side table and write a PNG.",
+        description="Write a synthetic satellite stack (one netCDF file or COG per date, "
+        "clouds as nodata), compute the cloud-free median composite with xrdist and with "
+        "plain xarray (or rioxarray) + dask, print a side-by-side table and write a PNG.",
     )
     from xrdist.demo import add_arguments
 
     add_arguments(demo)
     demo.set_defaults(run=_demo)
+    bench = commands.add_parser(
+        "bench",
+        help="median of stacks of several layouts: xrdist vs xarray's readers, timed",
+        description="Write synthetic stacks (netCDF tiles, whole, contiguous; COGs), compute "
+        "the median over time with xrdist and with xarray's readers, each in a fresh "
+        "process, and report wall time, peak memory of the process tree, tasks and bytes "
+        "read; fail if the results disagree. Writes JSON, markdown and a plot on request.",
+    )
+    from xrdist.bench import add_arguments as add_bench_arguments
+
+    add_bench_arguments(bench)
+    bench.set_defaults(run=_bench)
     info = commands.add_parser(
         "info",
         help="variables, on-disk chunks and the read plan of a file or stack",
