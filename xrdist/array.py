@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -176,10 +176,14 @@ class StackArray(BackendArray):
     ``starts`` are the files' first positions along that axis (plus the total at the end).
     If ``in_files`` is False the files do not have the axis: each file's variable is
     repeated along its extent (xarray's ``data_vars="all"`` concatenation).
+    ``decode`` are elementwise functions applied, in order, to each file's part of a
+    window as soon as it is read (see :mod:`xrdist.decoding`); ``dtype`` is then the
+    decoded dtype.
     """
 
     __slots__ = (
         "concat_axis",
+        "decode",
         "dtype",
         "group",
         "identities",
@@ -203,6 +207,7 @@ class StackArray(BackendArray):
         concat_axis: int,
         starts: Sequence[int],
         in_files: bool = True,
+        decode: tuple[Callable[[np.ndarray], np.ndarray], ...] = (),
     ) -> None:
         self.proxies = tuple(proxies)
         self.identities = tuple(identities)
@@ -214,6 +219,25 @@ class StackArray(BackendArray):
         self.concat_axis = concat_axis
         self.starts = np.asarray(starts, dtype=np.int64)
         self.in_files = in_files
+        self.decode = decode
+
+    def with_decoding(
+        self, functions: tuple[Callable[[np.ndarray], np.ndarray], ...], dtype: np.dtype
+    ) -> StackArray:
+        """The same files, each part read decoded by ``functions`` into ``dtype``."""
+        return StackArray(
+            self.proxies,
+            self.identities,
+            self.library,
+            self.group,
+            self.name,
+            self.shape,
+            dtype,
+            self.concat_axis,
+            self.starts,
+            self.in_files,
+            self.decode + functions,
+        )
 
     def __getitem__(self, key: indexing.ExplicitIndexer) -> Any:
         return indexing.explicit_indexing_adapter(
@@ -253,9 +277,12 @@ class StackArray(BackendArray):
         return out.squeeze(axis=out_axis) if dropped else out
 
     def _read_file(self, f: int, key: tuple[Any, ...]) -> np.ndarray:
-        return read_window(
+        data = read_window(
             self.proxies[f], self.library, self.group, self.name, self.identities[f], key
         )
+        for function in self.decode:
+            data = function(data)
+        return data
 
     def __dask_tokenize__(self) -> tuple[Any, ...]:
         return (
@@ -267,6 +294,7 @@ class StackArray(BackendArray):
             self.name,
             self.concat_axis,
             self.in_files,
+            self.decode,
         )
 
     def __repr__(self) -> str:

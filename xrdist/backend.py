@@ -27,10 +27,12 @@ from xarray.core import indexing
 from xarray.core.coordinates import Coordinates
 
 from xrdist.array import FileArray
+from xrdist.decoding import fuse_decoding
 from xrdist.description import FileDescription, describe
 from xrdist.formats import FORMATS, get_format
 from xrdist.identity import FileIdentity
 from xrdist.locks import canonical_path
+from xrdist.options import get_option
 
 NETCDF_EXTENSIONS = (".nc", ".nc3", ".nc4", ".cdf", ".netcdf", ".h5", ".hdf5", ".he5", ".hdf")
 TIFF_EXTENSIONS = (".tif", ".tiff", ".gtiff")
@@ -237,6 +239,8 @@ def decode_dataset(
 
     ``replace`` maps names to already decoded data that takes the place of the decoded
     variable's data (same attributes and encoding), for variables decoded file by file.
+    With the option ``decode_in_readers`` (default), elementwise decoding of stacked
+    variables runs in the reads, file by file (:mod:`xrdist.decoding`).
     """
     decoded, attrs, coord_names = conventions.decode_cf_variables(
         variables,
@@ -253,6 +257,11 @@ def decode_dataset(
         if name in decoded:
             var = decoded[name]
             decoded[name] = Variable(data.dims, data.data, var.attrs, var.encoding)
+    if get_option("decode_in_readers"):
+        for name, var in decoded.items():
+            fused = fuse_decoding(var._data)
+            if fused is not var._data:
+                decoded[name] = Variable(var.dims, fused, var.attrs, var.encoding, fastpath=True)
     data_vars, coord_vars = {}, {}
     for name, var in decoded.items():
         if name in coord_names or var.dims == (name,):

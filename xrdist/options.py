@@ -57,6 +57,7 @@ _VALIDATORS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "warn_for_unclosed_files": (lambda v: isinstance(v, bool), "True or False"),
     "byte_range_reads": (lambda v: isinstance(v, bool), "True or False"),
     "read_threads": (_positive_int, "a positive integer"),
+    "decode_in_readers": (lambda v: isinstance(v, bool), "True or False"),
     "description_cache_dir": (
         lambda v: v is None or isinstance(v, str | os.PathLike),
         "a folder (str or path), or None",
@@ -69,6 +70,7 @@ _OPTIONS: dict[str, Any] = {
     "warn_for_unclosed_files": False,
     "byte_range_reads": True,
     "read_threads": os.cpu_count() or 1,
+    "decode_in_readers": True,
     "description_cache_dir": default_description_cache_dir() or None,
 }
 
@@ -123,6 +125,11 @@ class set_options:  # named like xarray.set_options, used like a function
     read_threads : int
         Threads that read and decode the files of one window of a stack (default: the
         number of CPUs; 1 reads them one after another in the calling thread).
+    decode_in_readers : bool
+        Apply xarray's masking and scale/offset to each file's part of a stacked
+        window as the reader threads read it (default True), instead of to the whole
+        window afterwards in the task's thread; same values, less memory, every core.
+        Takes effect for datasets opened after the change.
     description_cache_dir : str or None
         Folder of the on-disk cache of file descriptions (see ``xrdist.persist``), so a
         file described once is not walked again by a new process until it changes.

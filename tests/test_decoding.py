@@ -1,0 +1,166 @@
+"""xarray's elementwise CF decoding runs inside the stack reads, file by file, and gives
+bitwise the values xarray's own lazy decoding gives."""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+from xarray.backends import BackendArray
+from xarray.coding.common import lazy_elemwise_func
+from xarray.core import indexing
+
+import xrdist
+from xrdist.array import StackArray
+from xrdist.decoding import elementwise_chain, fuse_decoding
+
+pytestmark = pytest.mark.filterwarnings("ignore:variable .* has multiple fill values")
+
+NY, NX = 12, 10
+
+# variable -> (raw values of one date, encoding): every elementwise decoding xarray does
+ENCODINGS = {
+    "packed_u2": ("u2", {"scale_factor": np.float32(1e-4), "_FillValue": np.uint16(0)}),
+    "packed_i2_offset": (
+        "i2",
+        {"scale_factor": 0.01, "add_offset": 250.0, "_FillValue": np.int16(-32768)},
+    ),
+    "unsigned_i1": ("i1", {"_Unsigned": "true", "_FillValue": np.int8(-1)}),
+    "float_two_fills": ("f4", {"_FillValue": np.float32(-999), "missing_value": np.float32(-1)}),
+    "plain_i4": ("i4", {}),
+}
+
+
+def _write(folder: Path, dates: int = 6) -> list[str]:
+    rng = np.random.default_rng(3)
+    paths = []
+    for t in range(dates):
+        ds = xr.Dataset(coords={"time": [t], "y": np.arange(NY), "x": np.arange(NX)})
+        for name, (dtype, attrs) in ENCODINGS.items():
+            info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
+            lo, hi = (info.min, info.max) if info else (-5, 5)
+            raw = rng.integers(lo, hi, (1, NY, NX), endpoint=True).astype(dtype)
+            fills = [attrs[k] for k in ("_FillValue", "missing_value") if k in attrs]
+            for fill in fills:  # some pixels of each fill value
+                raw.flat[rng.integers(0, raw.size, 8)] = fill
+            ds[name] = (("time", "y", "x"), raw, dict(attrs))
+        path = folder / f"d{t}.nc"
+        ds.to_netcdf(path, engine="netcdf4", encoding={n: {"zlib": True} for n in ENCODINGS})
+        paths.append(str(path))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    return _write(tmp_path_factory.mktemp("encodings"))
+
+
+def _bits(values: np.ndarray) -> np.ndarray:
+    """The values' bytes, so that NaN == NaN and -0.0 != 0.0."""
+    return np.ascontiguousarray(values).view(np.uint8)
+
+
+@pytest.mark.parametrize("chunks", [{"time": 4, "y": -1, "x": -1}, None])
+def test_decoding_in_reads_is_bitwise_xarrays(paths: list[str], chunks: dict | None) -> None:
+    fused = xrdist.open_mfdataset(paths, concat_dim="time", combine="nested", chunks=chunks)
+    with xrdist.set_options(decode_in_readers=False):
+        chained = xrdist.open_mfdataset(paths, concat_dim="time", combine="nested", chunks=chunks)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        reference = xr.open_mfdataset(
+            paths, engine="netcdf4", concat_dim="time", combine="nested"
+        ).load()
+    for name in ENCODINGS:
+        want = reference[name]
+        for ds in (fused, chained):
+            got = ds[name].load()
+            assert got.dtype == want.dtype, name
+            np.testing.assert_array_equal(_bits(got.values), _bits(want.values), err_msg=name)
+            assert got.attrs == want.attrs and got.encoding["dtype"] == want.encoding["dtype"]
+
+
+def test_stacked_variables_carry_their_decoding(paths: list[str]) -> None:
+    """The moved decoding is there (a change in xarray that stopped it would fail here,
+    not only slow reads down), and only where there is something to move."""
+    ds = xrdist.open_mfdataset(paths, concat_dim="time", combine="nested", chunks=None)
+    for name in ENCODINGS:
+        data = ds[name].variable._data
+        assert isinstance(data, indexing.LazilyIndexedArray), name
+        assert isinstance(data.array, StackArray), name
+        assert bool(data.array.decode) == (name != "plain_i4"), name
+        assert data.array.dtype == ds[name].dtype
+    with xrdist.set_options(decode_in_readers=False):
+        off = xrdist.open_mfdataset(paths, concat_dim="time", combine="nested", chunks=None)
+    assert not isinstance(off["packed_u2"].variable._data, indexing.LazilyIndexedArray)
+
+
+def test_decoded_stack_pickles_without_data(paths: list[str]) -> None:
+    ds = xrdist.open_mfdataset(paths, concat_dim="time", combine="nested", chunks=None)
+    blob = pickle.dumps(ds)
+    assert len(blob) < 50_000
+    back = pickle.loads(blob)
+    np.testing.assert_array_equal(
+        _bits(back["packed_i2_offset"].values), _bits(ds["packed_i2_offset"].values)
+    )
+
+
+def test_time_decoding_stays_with_xarray(tmp_path: Path) -> None:
+    """Only known elementwise functions move: a stacked variable of CF times keeps
+    xarray's chain and still decodes right."""
+    for t in range(3):
+        ds = xr.Dataset(
+            {
+                "seen": (
+                    ("time", "x"),
+                    np.array([[t, t + 1]], "i4"),
+                    {"units": "days since 2000-01-01"},
+                )
+            },
+            coords={"time": [t]},
+        )
+        ds.to_netcdf(tmp_path / f"t{t}.nc", engine="netcdf4")
+    files = sorted(str(p) for p in tmp_path.glob("t*.nc"))
+    got = xrdist.open_mfdataset(files, concat_dim="time", combine="nested", chunks=None)
+    assert not isinstance(got.seen.variable._data, indexing.LazilyIndexedArray)
+    assert str(got.seen.values[2, 1])[:10] == "2000-01-04"
+
+
+class _Piecewise(BackendArray):
+    """An array that can take decoding (for the pure checks of fuse_decoding)."""
+
+    shape, dtype, ndim = (4,), np.dtype("u2"), 1
+
+    def __init__(self, decode: tuple = (), dtype: np.dtype | None = None) -> None:
+        self.decode, self.decoded_dtype = decode, dtype
+
+    def with_decoding(self, functions: tuple, dtype: np.dtype) -> _Piecewise:
+        return _Piecewise(self.decode + functions, dtype)
+
+    def __getitem__(self, key: object) -> np.ndarray:  # pragma: no cover - never read
+        raise AssertionError("fuse_decoding must not read")
+
+
+def test_fuse_decoding_moves_known_functions_in_order() -> None:
+    from functools import partial
+
+    from xarray.coding.variables import _apply_mask, _scale_offset_decoding
+
+    mask = partial(_apply_mask, encoded_fill_values={0}, decoded_fill_value=np.nan, dtype="f4")
+    scale = partial(_scale_offset_decoding, scale_factor=2.0, add_offset=None, dtype="f4")
+    lazy = indexing.LazilyIndexedArray(_Piecewise())
+    chain = lazy_elemwise_func(lazy_elemwise_func(lazy, mask, "f4"), scale, "f4")
+    fused = fuse_decoding(chain)
+    assert isinstance(fused, indexing.LazilyIndexedArray)
+    assert fused.array.decode == (mask, scale)
+    assert fused.array.decoded_dtype == np.dtype("f4")
+    assert elementwise_chain(chain) == ([mask, scale], lazy)
+    # an unknown function anywhere in the chain: nothing moves
+    other = lazy_elemwise_func(chain, partial(np.negative), "f4")
+    assert fuse_decoding(other) is other
+    # a window already taken (not the whole array): nothing moves
+    window = lazy_elemwise_func(lazy[indexing.BasicIndexer((slice(1, 3),))], mask, "f4")
+    assert fuse_decoding(window) is window

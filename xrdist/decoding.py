@@ -1,0 +1,81 @@
+"""Running xarray's elementwise CF decoding inside xrdist's reads, file by file.
+
+xarray decodes a variable lazily: masking (``_FillValue``/``missing_value``), scale and
+offset and ``_Unsigned`` wrap the backend array in elementwise functions that run on the
+whole requested window once it has been read. For a window that spans a stack of files
+that means a raw buffer of the whole window, then two or three whole-window temporaries,
+all made in the one thread that runs the dask task.
+
+:func:`fuse_decoding` hands those same functions (xarray's own, unchanged) to a backend
+array that can apply them to each file's part of the window as it is read
+(``with_decoding``: :class:`~xrdist.array.StackArray`). The reader threads then decode
+while they read, in cache-sized pieces and on every core, and no raw buffer of the whole
+window exists. An elementwise function gives the same values on pieces as on the whole,
+so results are bitwise identical; only functions known to be elementwise are moved
+(:data:`ELEMENTWISE`), anything else leaves xarray's chain as it is.
+
+Notes
+-----
+Pure: no I/O. The functions moved are ``functools.partial`` objects of module-level
+xarray functions, so the arrays that carry them stay picklable.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from xarray.coding import variables as cf_variables
+from xarray.core import indexing
+
+try:  # private in xarray: without it nothing is moved (the chain stays as xarray made it)
+    from xarray.coding.common import _ElementwiseFunctionArray
+except ImportError:  # pragma: no cover - depends on the xarray version
+    _ElementwiseFunctionArray = None
+
+#: The functions (wrapped in ``functools.partial``) that may run on pieces of a window:
+#: masking, scale/offset and the ``_Unsigned`` reinterpretation.
+ELEMENTWISE: tuple[Callable[..., Any], ...] = tuple(
+    f
+    for f in (
+        getattr(cf_variables, "_apply_mask", None),
+        getattr(cf_variables, "_scale_offset_decoding", None),
+        np.asarray,
+    )
+    if f is not None
+)
+
+
+def elementwise_chain(data: Any) -> tuple[list[Callable[..., Any]], Any] | None:
+    """xarray's lazily decoded ``data`` as (functions innermost first, the array they
+    wrap), or None if any layer is not a known elementwise function."""
+    if _ElementwiseFunctionArray is None:
+        return None
+    functions: list[Callable[..., Any]] = []
+    node = data
+    while isinstance(node, _ElementwiseFunctionArray):
+        func = node.func
+        if not (isinstance(func, functools.partial) and func.func in ELEMENTWISE):
+            return None
+        functions.append(func)
+        node = node.array
+    functions.reverse()
+    return functions, node
+
+
+def fuse_decoding(data: Any) -> Any:
+    """``data`` with its elementwise decoding moved into the backend array's reads, or
+    ``data`` itself when there is nothing to move or the array cannot take it."""
+    found = elementwise_chain(data)
+    if found is None or not found[0]:
+        return data
+    functions, node = found
+    if not isinstance(node, indexing.LazilyIndexedArray):
+        return data
+    whole = (slice(None),) * len(node.array.shape)
+    with_decoding = getattr(node.array, "with_decoding", None)
+    if with_decoding is None or node.key.tuple != whole:
+        return data
+    return indexing.LazilyIndexedArray(with_decoding(tuple(functions), data.dtype))
