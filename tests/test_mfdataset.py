@@ -3,6 +3,7 @@ per output chunk, reading every file it needs and no more."""
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import warnings
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+from xarray.core import indexing
 
 import xrdist
 from xrdist.description import clear_descriptions
@@ -306,3 +308,19 @@ def test_empty_chunks_mean_on_disk_chunks_as_in_xarray(stack):
     assert ours.refl.chunks == theirs.refl.chunks
     with pytest.raises(ValueError, match=r"dimensions \['lat'\] that the dataset does not"):
         xrdist.open_mfdataset(stack, chunks={"lat": 4})
+
+
+def test_stack_described_on_another_machine_reads_here(stack):
+    """A dask worker on another machine sees the same file (inode, size, mtime) on a
+    mount with another device number: the read must go ahead, not call it changed."""
+    ds = xrdist.open_mfdataset(stack, chunks=None)
+    array = ds.refl.variable._data.array
+    elsewhere = [dataclasses.replace(i, device=i.device + 1) for i in array.identities]
+    moved = array.with_decoding((), array.dtype)
+    moved.identities = tuple(elsewhere)
+    np.testing.assert_array_equal(moved[indexing.BasicIndexer((slice(None),) * 3)], ds.refl.values)
+    # a file that really changed is still refused
+    changed = [dataclasses.replace(i, size=i.size + 1) for i in array.identities]
+    moved.identities = tuple(changed)
+    with pytest.raises(OSError, match=r"was modified \(size"):
+        moved[indexing.BasicIndexer((slice(None),) * 3)]

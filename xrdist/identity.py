@@ -4,6 +4,10 @@ A :class:`FileIdentity` is taken with one ``os.stat`` (a few microseconds). Two
 identities of the same path differ when the file was replaced (new inode), rewritten
 (new size or modification time) or deleted (``stat`` fails).
 
+The device number is recorded but not compared: on a network file system each machine
+numbers its mount differently, so a file described on one machine and read by a dask
+worker on another has the same inode, size and modification time but another device.
+
 Notes
 -----
 Thread-safe and picklable (a frozen dataclass of integers).
@@ -14,14 +18,15 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
 class FileIdentity:
-    """Device, inode, size and modification time (ns) of a regular file."""
+    """Device, inode, size and modification time (ns) of a regular file; equality and
+    hashing leave the device out (see the module docstring)."""
 
-    device: int
+    device: int = field(compare=False)
     inode: int
     size: int
     mtime_ns: int
@@ -39,8 +44,8 @@ class FileIdentity:
         return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
     def same_file(self, other: FileIdentity) -> bool:
-        """Same inode on the same device (content may have changed)."""
-        return (self.device, self.inode) == (other.device, other.inode)
+        """Same inode (content may have changed)."""
+        return self.inode == other.inode
 
     def describe_change(self, new: FileIdentity) -> str:
         """Words for what changed between ``self`` (before) and ``new`` (now)."""
