@@ -49,13 +49,26 @@ def test_info_shows_variables_chunks_and_the_plan(tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_demo_on_cogs_compares_with_rioxarray(tmp_path):
+@pytest.mark.parametrize(
+    ("fmt", "baseline", "variable", "folder"),
+    [
+        ("cog", "rioxarray", "band_data", "stack-cog-3bands"),
+        ("netcdf", "xarray", "refl", "stack-3bands"),
+    ],
+)
+def test_demo_with_bands_compares_with_the_baseline(tmp_path, fmt, baseline, variable, folder):
+    """Three bands per date: multi-band COGs against rioxarray, a band dimension in
+    netCDF against xarray; the composite of every band is computed."""
     out = xrdist(
-        "demo", "--format", "cog", "--dates", "6", "--size", "64", "--folder", "out", cwd=tmp_path
+        *("demo", "--format", fmt, "--bands", "3", "--dates", "5", "--size", "64"),
+        *("--folder", "out"),
+        cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "| xrdist |" in out.stdout and "| rioxarray |" in out.stdout
-    assert "DIFFERS" not in out.stdout
-    assert "band_data: direct" in out.stdout
+    assert "3 bands of 64x64" in out.stdout
+    assert "| xrdist |" in out.stdout and f"| {baseline} |" in out.stdout
+    assert "DIFFERS" not in out.stdout and "same" in out.stdout
+    assert f"{variable}: direct" in out.stdout
+    assert "3 tasks" in out.stdout  # one read task per band
     assert (tmp_path / "out" / "composite.png").stat().st_size > 10_000
-    assert len(list((tmp_path / "out" / "stack-cog").glob("scene_*.tif"))) == 6
+    assert len(list((tmp_path / "out" / folder).glob("scene_*"))) == 5

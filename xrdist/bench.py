@@ -234,10 +234,12 @@ def variable(fmt: str) -> str:
     return "band_data" if fmt == "cog" else "refl"
 
 
-def chunks_for(size: int, fmt: str = "netcdf") -> dict[str, int]:
+def chunks_for(size: int, fmt: str = "netcdf", bands: int = 1) -> dict[str, int]:
+    """The target chunks: every date, one band, tile-sized squares. COGs always have a
+    ``band`` dimension; netCDF stacks have one when they hold several bands."""
     side = min(TILE, size)
-    chunks = {"time": -1, "y": side, "x": side}
-    return {"time": -1, "band": 1, "y": side, "x": side} if fmt == "cog" else chunks
+    band = {"band": 1} if fmt == "cog" or bands > 1 else {}
+    return {"time": -1, **band, "y": side, "x": side}
 
 
 def stack_paths(folder: str | os.PathLike[str], fmt: str) -> list[str]:

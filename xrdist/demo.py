@@ -30,25 +30,22 @@ MIB = 1024**2
 BASELINE = {"netcdf": ("netcdf4", "xarray"), "cog": ("rioxarray", "rioxarray")}
 
 
-def chunks_for(size: int, fmt: str = "netcdf") -> dict[str, int]:
-    return bench.chunks_for(size, fmt)
-
-
 # -- the demo ---------------------------------------------------------------------------
 
 
-def composite_png(paths: list[str], size: int, fmt: str, out: Path) -> Path | None:
-    """Compute the composite with xrdist (progress bar) and plot it beside a cloudy date."""
+def composite_png(paths: list[str], chunks: dict[str, int], fmt: str, out: Path) -> Path | None:
+    """Compute the composite of every band with xrdist (progress bar) and plot the first
+    band's beside a cloudy date."""
     from dask.diagnostics import ProgressBar
 
     import xrdist
 
-    ds = xrdist.open_mfdataset(paths, chunks=chunks_for(size, fmt))
+    ds = xrdist.open_mfdataset(paths, chunks=chunks)
     refl = ds[bench.variable(fmt)]
-    if "band" in refl.dims:
-        refl = refl.isel(band=0)
     with ProgressBar(minimum=0.5):
         composite = refl.median("time").compute()
+    if "band" in refl.dims:
+        refl, composite = refl.isel(band=0), composite.isel(band=0)
     cloudy = int(refl.isnull().sum(("y", "x")).argmax("time"))
     try:
         import matplotlib
@@ -81,15 +78,19 @@ def run(args: argparse.Namespace) -> int:
     folder = Path(args.folder)
     side = min(bench.TILE, args.size)
     kind = "netCDF file" if fmt == "netcdf" else "Cloud-Optimized GeoTIFF"
+    bands = f"{args.bands} bands of " if args.bands > 1 else ""
     print(
-        f"stack: {args.dates} dates of {args.size}x{args.size}, one {kind} per date, "
+        f"stack: {args.dates} dates of {bands}{args.size}x{args.size}, one {kind} per date, "
         f"tiled {side}x{side}, clouds as nodata -> {folder}"
     )
-    stack = folder / ("stack" if fmt == "netcdf" else "stack-cog")
-    paths = write_stack(stack, dates=args.dates, size=args.size, file_format=fmt)
-    chunks = chunks_for(args.size, fmt)
+    name = ("stack" if fmt == "netcdf" else "stack-cog") + (
+        f"-{args.bands}bands" if args.bands > 1 else ""
+    )
+    stack = folder / name
+    paths = write_stack(stack, dates=args.dates, size=args.size, file_format=fmt, bands=args.bands)
+    chunks = bench.chunks_for(args.size, fmt, args.bands)
     print(f"\nxrdist's plan for chunks {chunks}:\n{plan(paths, chunks=chunks)}\n")
-    png = composite_png(paths, args.size, fmt, folder / "composite.png")
+    png = composite_png(paths, chunks, fmt, folder / "composite.png")
     where = args.cluster or args.scheduler
     print("\nmeasuring each method in a fresh process" + (f" on {where}" if where else "") + " ...")
     env = bench.child_env(folder / ".numba-cache")
@@ -140,6 +141,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dates", type=int, default=48, help="dates (files), default 48")
     parser.add_argument("--size", type=int, default=512, help="pixels per side, default 512")
+    parser.add_argument("--bands", type=int, default=1, help="spectral bands per date, default 1")
     parser.add_argument(
         "--format",
         choices=["netcdf", "cog"],

@@ -86,16 +86,19 @@ def spatial_ref() -> xr.DataArray:
 
 
 def write_cog(path: str, values: np.ndarray, time: pd.Timestamp, tile: int) -> None:
-    """One date as a COG: ``values`` (reflectance, NaN for clouds) packed to uint16."""
+    """One date as a COG: ``values`` (reflectance, NaN for clouds; ``(y, x)`` or
+    ``(band, y, x)``) packed to uint16, bands as separate planes."""
     import tifffile
 
     packed = np.where(np.isnan(values), 0, np.round(values / SCALE)).astype(np.uint16)
+    bands = 1 if packed.ndim == 2 else packed.shape[0]
     geokeys = [1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, EPSG]
-    metadata = (
-        '<GDALMetadata><Item name="SCALE" sample="0" role="scale">'
-        f'{float(SCALE)!r}</Item><Item name="OFFSET" sample="0" role="offset">0</Item>'
-        "</GDALMetadata>"
+    items = "".join(
+        f'<Item name="SCALE" sample="{b}" role="scale">{float(SCALE)!r}</Item>'
+        f'<Item name="OFFSET" sample="{b}" role="offset">0</Item>'
+        for b in range(bands)
     )
+    metadata = f"<GDALMetadata>{items}</GDALMetadata>"
     tags = [
         (33550, "d", 3, (PIXEL, PIXEL, 0.0), True),  # ModelPixelScale
         (33922, "d", 6, (0.0, 0.0, 0.0, ORIGIN[0], ORIGIN[1], 0.0), True),  # ModelTiepoint
@@ -103,13 +106,15 @@ def write_cog(path: str, values: np.ndarray, time: pd.Timestamp, tile: int) -> N
         (42112, "s", 0, metadata, True),  # GDAL_METADATA
         (42113, "s", 0, "0", True),  # GDAL_NODATA
     ]
-    side = min(tile, max(16, 16 * (packed.shape[0] // 16)))
+    side = min(tile, max(16, 16 * (packed.shape[-2] // 16)))
     options = {"compression": "zlib", "predictor": True, "tile": (side, side), "metadata": None}
+    if bands > 1:
+        options.update(photometric="minisblack", planarconfig="separate")
     with tifffile.TiffWriter(path) as tif:
         tif.write(packed, datetime=time.to_pydatetime(), extratags=tags, **options)
         level = packed
-        while min(level.shape) >= 2 * side:  # overviews, as COGs carry them
-            level = level[::2, ::2]
+        while min(level.shape[-2:]) >= 2 * side:  # overviews, as COGs carry them
+            level = level[..., ::2, ::2]
             tif.write(level, subfiletype=1, extratags=tags[3:], **options)
 
 
@@ -121,9 +126,17 @@ def write_stack(
     tile: int = 256,
     seed: int = 0,
     file_format: str = "netcdf",
+    bands: int = 1,
 ) -> list[str]:
     """Write (or reuse, if complete) a stack of ``dates`` files; returns their paths.
-    netCDF files are named ``scene_YYYYMMDD.nc``, COGs ``scene_YYYYMMDD.tif``."""
+    netCDF files are named ``scene_YYYYMMDD.nc``, COGs ``scene_YYYYMMDD.tif``.
+
+    ``bands`` > 1 writes that many spectral bands per date (each a brighter copy of the
+    ground): a ``band`` dimension in netCDF (``refl(time, band, y, x)``, one band per
+    on-disk chunk), separate planes in a COG.
+    """
+    if bands < 1:
+        raise ValueError(f"bands must be at least 1, not {bands}")
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
     if file_format not in FORMATS:
@@ -135,11 +148,13 @@ def write_stack(
     times = pd.date_range("2024-04-01", periods=dates, freq="5D")
     suffix = ".tif" if file_format == "cog" else ".nc"
     paths = [str(folder / f"scene_{t:%Y%m%d}{suffix}") for t in times]
-    marker = folder / f".complete-{dates}-{size}-{layout}-{tile}-{seed}-{file_format}"
+    marker = folder / f".complete-{dates}-{size}-{layout}-{tile}-{seed}-{file_format}-{bands}"
     if marker.exists() and all(os.path.exists(p) for p in paths):
         return paths
     rng = np.random.default_rng(seed)
     ground = surface(size)
+    if bands > 1:
+        ground = np.stack([ground * np.float32(1 + 0.25 * b) for b in range(bands)])
     x = ORIGIN[0] + PIXEL * (np.arange(size) + 0.5)
     y = ORIGIN[1] - PIXEL * (np.arange(size) + 0.5)
     encoding = {"dtype": "uint16", "scale_factor": SCALE, "_FillValue": 0}
@@ -150,21 +165,25 @@ def write_stack(
         encoding.update(zlib=True, complevel=1, shuffle=True, chunksizes=(1, size, size))
     else:
         encoding.update(contiguous=True)
+    if bands > 1 and "chunksizes" in encoding:  # one band per on-disk chunk
+        encoding["chunksizes"] = (1, 1, *encoding["chunksizes"][1:])
+    dims = ("time", "band", "y", "x") if bands > 1 else ("time", "y", "x")
+    band = {"band": np.arange(1, bands + 1)} if bands > 1 else {}
     for time, path in zip(times, paths, strict=True):
         values = ground + rng.normal(0, 0.01, ground.shape).astype(np.float32)
-        values[clouds(rng, size)] = np.nan
+        values[..., clouds(rng, size)] = np.nan
         if file_format == "cog":
             write_cog(path, values, time, tile)
             continue
         ds = xr.Dataset(
             {
                 "refl": (
-                    ("time", "y", "x"),
+                    dims,
                     values[None],
                     {"long_name": "surface reflectance", "grid_mapping": "spatial_ref"},
                 ),
             },
-            coords={"time": [time], "y": y, "x": x, "spatial_ref": spatial_ref()},
+            coords={"time": [time], **band, "y": y, "x": x, "spatial_ref": spatial_ref()},
             attrs={"title": "xrdist synthetic satellite stack", "date": f"{time:%Y-%m-%d}"},
         )
         ds.x.attrs = {"standard_name": "projection_x_coordinate", "units": "m"}
