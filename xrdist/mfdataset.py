@@ -27,7 +27,7 @@ from typing import Any
 import dask
 import numpy as np
 import psutil
-from xarray import Coordinates, Dataset, Variable
+from xarray import Dataset, Variable
 
 from xrdist.array import FileArray, StackArray
 from xrdist.backend import DEFAULT_LIBRARY, decode_dataset
@@ -140,11 +140,9 @@ def stack_dataset(stack: Stack, *, data_vars: str = "all", **decode: Any) -> Dat
         )
     encoding = {"unlimited_dims": set(first.unlimited_dims), "source": first.path}
     ds = decode_dataset(raw, first.attrs, encoding, replace=replace, **decode)
-    if stack.labels is not None:  # scenes: each file's time
+    if stack.labels is not None:  # scenes: each file's time (indexed, as decode_dataset's)
         ds = ds.assign_coords({dim: Variable((dim,), stack.labels)})
-    # Default indexes of dimension coordinates, as xarray's open functions create them.
-    dimension_coords = {n: c.variable for n, c in ds.coords.items() if c.dims == (n,)}
-    return ds.assign_coords(Coordinates(dimension_coords)) if dimension_coords else ds
+    return ds
 
 
 def _lazy(array: Any) -> Any:
