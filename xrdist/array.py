@@ -138,17 +138,47 @@ os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
 def run_in_readers(function: Any, items: Sequence[Any]) -> None:
-    """Call ``function(item)`` for every item, on the reader threads when there are
-    several items and the caller is not a reader thread itself (a reader waiting for
-    readers could deadlock the pool); exceptions propagate."""
+    """Call ``function(item)`` for every item; exceptions propagate (the first one).
+
+    When there are several items and the caller is not a reader thread itself (a reader
+    waiting for readers could deadlock the pool), the caller and up to
+    ``read_threads - 1`` reader threads take items from one shared queue until it is
+    empty: a handful of pool submissions per call instead of one per item, and the
+    calling thread works instead of waiting.
+    """
     in_reader = threading.current_thread().name.startswith("xrdist-read")
     pool = _reader_pool() if len(items) > 1 and not in_reader else None
     if pool is None:
         for item in items:
             function(item)
-    else:
-        for future in [pool.submit(function, item) for item in items]:
-            future.result()
+        return
+    queue = iter(items)
+    take = threading.Lock()
+    failed: list[BaseException] = []
+
+    def work() -> None:
+        while not failed:
+            with take:
+                item = next(queue, _DONE)
+            if item is _DONE:
+                return
+            try:
+                function(item)
+            except BaseException as err:
+                failed.append(err)
+                raise
+
+    helpers = [pool.submit(work) for _ in range(min(_pool_size, len(items)) - 1)]
+    try:
+        work()
+    finally:
+        for helper in helpers:
+            helper.exception()  # wait: no reader may still write into the caller's output
+    if failed:
+        raise failed[0]
+
+
+_DONE = object()
 
 
 def _axis_length(key: Any, n: int) -> int | None:

@@ -4,8 +4,8 @@ h5py serialises every HDF5 call, decompression included, behind one process-wide
 so threads reading compressed netCDF-4 barely help. Here a variable's chunks are located
 once (:func:`build_chunk_index`: offset, size and filter mask of every stored chunk, from
 h5py's chunk iteration), then read with positional reads (``os.pread`` on the file's
-descriptor: no HDF5 call, no lock) and decoded in the reading thread with zlib (which
-releases the GIL), numpy and numcodecs. Unallocated chunks read as the fill value.
+descriptor: no HDF5 call, no lock) and decoded in the reading thread with libdeflate or zlib
+and numpy, all of which release the GIL. Unallocated chunks read as the fill value.
 
 Contiguous variables (no filters) are read by offset: one positional read per run of
 contiguous bytes of the window (:class:`ContiguousIndex`). Supported filters of chunked
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import bz2
 import itertools
+import math
 import os
 import zlib
 from dataclasses import dataclass
@@ -36,10 +37,6 @@ try:  # libdeflate: about twice zlib's speed when the output size is known
     from imagecodecs import deflate_decode as _deflate_decode
 except ImportError:  # pragma: no cover - imagecodecs is a dependency
     _deflate_decode = None
-try:  # C shuffle, HDF5-compatible, several times numpy's speed
-    from numcodecs import Shuffle as _Shuffle
-except ImportError:  # pragma: no cover - numcodecs is a dependency
-    _Shuffle = None
 
 # HDF5 filter ids
 DEFLATE, SHUFFLE, FLETCHER32 = 1, 2, 3
@@ -110,14 +107,21 @@ def _inflate(data: bytes, size: int) -> Any:
     return zlib.decompress(data)
 
 
-def _unshuffle(data: Any, itemsize: int) -> Any:
-    if _Shuffle is not None:
-        return _Shuffle(itemsize).decode(data)
-    data = bytes(data)
-    n = len(data) // itemsize
+def _unshuffle(data: Any, itemsize: int) -> np.ndarray:
+    """Undo HDF5's byte shuffle: byte ``b`` of every element is stored in plane ``b``,
+    with any bytes past the last whole element left as they are. One strided numpy copy
+    per plane, which runs without the GIL (numcodecs' C shuffle holds it, so threads
+    decoding chunks took turns at it)."""
     raw = np.frombuffer(data, dtype=np.uint8)
-    body = raw[: n * itemsize].reshape(itemsize, n).T.reshape(-1)
-    return body.tobytes() + raw[n * itemsize :].tobytes()
+    n = raw.size // itemsize
+    if itemsize == 1 or n == 0:
+        return raw
+    out = np.empty(raw.size, dtype=np.uint8)
+    elements = out[: n * itemsize].reshape(n, itemsize)
+    for plane in range(itemsize):
+        elements[:, plane] = raw[plane * n : (plane + 1) * n]
+    out[n * itemsize :] = raw[n * itemsize :]
+    return out
 
 
 @dataclass(frozen=True)
@@ -176,7 +180,7 @@ class ChunkIndex:
     def _size_before(self, position: int, mask: int) -> int:
         """Bytes of a chunk as it entered filter ``position`` when written: the raw
         chunk plus 4 for each active fletcher32 applied before it."""
-        size = int(np.prod(self.chunks)) * self.dtype.itemsize
+        size = math.prod(self.chunks) * self.dtype.itemsize
         for earlier in range(position):
             if self.pipeline[earlier][0] == FLETCHER32 and not mask & (1 << earlier):
                 size += 4
@@ -241,7 +245,7 @@ class ContiguousIndex:
         axis = len(box) - 1
         while axis > 0 and box[axis].start == 0 and box[axis].stop == self.shape[axis]:
             axis -= 1
-        inner = int(np.prod(self.shape[axis + 1 :], dtype=np.int64))
+        inner = math.prod(self.shape[axis + 1 :])
         count = (box[axis].stop - box[axis].start) * inner
         run_shape = out_shape[axis:]
         for where in itertools.product(*(range(s.start, s.stop) for s in box[:axis])):

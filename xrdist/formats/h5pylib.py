@@ -23,11 +23,11 @@ Functions here are thread-safe. Handles are shared through the handle manager; u
 from __future__ import annotations
 
 import threading
+import weakref
 from typing import Any
 
 import h5py
 import numpy as np
-import zict
 from xarray.coding.strings import create_vlen_dtype
 
 from xrdist.byterange import ChunkIndex, ContiguousIndex, build_chunk_index, unsupported_reason
@@ -320,26 +320,57 @@ def walk(
         )
 
 
-# (HDF5 file number, group, variable) -> ChunkIndex, or why there is none. HDF5 numbers
-# each file it opens anew, so an index never outlives the handle it was built from.
-_indexes: zict.LRU[tuple[Any, ...], ChunkIndex | ContiguousIndex | str] = zict.LRU(4096, {})
-_indexes_lock = threading.Lock()
+class _ByteRanges:
+    """What byte-range reads of one open h5py file need: its descriptor and the index
+    of each variable read so far (or why it is read through h5py)."""
+
+    __slots__ = ("fd", "indexes", "ref")
+
+    def __init__(self, handle: h5py.File, ref: weakref.ref[h5py.File]) -> None:
+        self.ref = ref
+        self.fd: int = handle.id.get_vfd_handle()
+        self.indexes: dict[tuple[str | None, str], ChunkIndex | ContiguousIndex | str] = {}
+
+
+# id(handle) -> its _ByteRanges, dropped when the handle is garbage-collected. Looked up
+# without a lock and without an HDF5 call (a file number or a hash of an h5py object
+# takes h5py's global lock): every read of every thread passes here.
+_by_handle: dict[int, _ByteRanges] = {}
+_by_handle_lock = threading.RLock()  # re-entrant: _forget may run in a GC inside it
+
+
+def _forget(key: int, ref: weakref.ref[h5py.File]) -> None:
+    with _by_handle_lock:
+        found = _by_handle.get(key)
+        if found is not None and found.ref is ref:
+            del _by_handle[key]
+
+
+def _byte_ranges(handle: h5py.File) -> _ByteRanges:
+    key = id(handle)
+    found = _by_handle.get(key)
+    if found is not None and found.ref() is handle:
+        return found
+    with LOCK, _by_handle_lock:  # LOCK: get_vfd_handle is an HDF5 call
+        found = _by_handle.get(key)
+        if found is None or found.ref() is not handle:
+            found = _ByteRanges(handle, weakref.ref(handle, lambda r: _forget(key, r)))
+            _by_handle[key] = found
+    return found
 
 
 def chunk_index(
     handle: h5py.File, group: str | None, name: str
 ) -> ChunkIndex | ContiguousIndex | str:
-    """The byte-range index of a variable of an open file (built once), or the reason
-    it is read through h5py instead."""
-    key = (handle.id.fileno, group, name)
-    with _indexes_lock:
-        found = _indexes.get(key)
+    """The byte-range index of a variable of an open file (built once per handle), or
+    the reason it is read through h5py instead."""
+    indexes = _byte_ranges(handle).indexes
+    found = indexes.get((group, name))
     if found is None:
         with LOCK:
             dset = dataset(handle, group, name)
             found = unsupported_reason(dset) or build_chunk_index(dset, handle.filename, name)
-        with _indexes_lock:
-            _indexes[key] = found
+        indexes[(group, name)] = found
     return found
 
 
@@ -363,7 +394,7 @@ def read(handle: h5py.File, group: str | None, name: str, key: tuple[Any, ...]) 
         index = chunk_index(handle, group, name)
         if not isinstance(index, str):
             box, picks = bounding_box(key, index.shape)
-            return pick(index.read_box(handle.id.get_vfd_handle(), box), picks)
+            return pick(index.read_box(_byte_ranges(handle).fd, box), picks)
     dset = dataset(handle, group, name)
     if h5py.check_string_dtype(dset.dtype) is not None and dset.dtype.kind == "O":
         dset = dset.asstr()
