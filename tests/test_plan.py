@@ -7,6 +7,7 @@ against an oracle that enumerates every output chunk and every on-disk chunk it 
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import itertools
 import math
@@ -26,6 +27,7 @@ from xrdist.plan import (
     aligned_chunks,
     auto_chunks,
     chunk_ranges,
+    decoded_bytes,
     decoded_length,
     files_spanned,
     format_bytes,
@@ -523,6 +525,20 @@ def test_auto_chunks(layout, max_mem, min_tasks, expected):
     assert task_memory(layout, normalize_chunks(layout, got)) <= max_mem
 
 
+@pytest.mark.parametrize("dates", [60, 120, 240, 480])
+def test_auto_chunks_with_a_target_keep_memory_as_the_stack_grows(dates):
+    """Twice the dates, half the area: a decoded chunk stays within the target (dask's
+    array.chunk-size), so peak memory does not grow with the stack, as long as one
+    on-disk tile per task is within the target."""
+    layout = dataclasses.replace(SAT, shape=(dates, 1024, 1024), file_lengths=(1,) * dates)
+    target = 128 * MiB
+    got = normalize_chunks(layout, auto_chunks(layout, 2**40, 1, target))
+    decoded = decoded_bytes(layout, got)
+    assert decoded <= target
+    assert decoded > target / 2  # as large as the target allows: one doubling more is over
+    assert max(got[0]) == dates
+
+
 @pytest.mark.parametrize(
     ("layout", "max_mem", "words"),
     [
@@ -544,15 +560,15 @@ def test_auto_chunks_errors_carry_the_numbers(layout, max_mem, words):
 
 
 @FAST
-@given(layouts(), st.integers(1, 40_000), st.integers(1, 6))
-def test_auto_chunks_properties(layout, max_mem, min_tasks):
+@given(layouts(), st.integers(1, 40_000), st.integers(1, 6), st.none() | st.integers(1, 40_000))
+def test_auto_chunks_properties(layout, max_mem, min_tasks, target):
     start = {
         dim: (n if axis == layout.concat_axis else max(1, layout.tile(axis)))
         for axis, (dim, n) in enumerate(zip(layout.dims, layout.shape, strict=True))
     }
     need = task_memory(layout, normalize_chunks(layout, {d: max(1, v) for d, v in start.items()}))
     try:
-        got = auto_chunks(layout, max_mem, min_tasks)
+        got = auto_chunks(layout, max_mem, min_tasks, target)
     except PlanError as e:
         assert need > max_mem
         assert format_bytes(need) in str(e)
@@ -570,8 +586,9 @@ def test_auto_chunks_properties(layout, max_mem, min_tasks):
             if layout.disk_chunks is not None:
                 assert got[dim] % layout.disk_chunks[axis] == 0
     start_chunks = normalize_chunks(layout, {d: max(1, v) for d, v in start.items()})
-    # it grows only while enough tasks remain
+    # it grows only while enough tasks remain and chunks stay within the target
     assert chunks == start_chunks or n_chunks(chunks) >= min_tasks
+    assert chunks == start_chunks or target is None or decoded_bytes(layout, chunks) <= target
 
 
 # -- plan_variable -------------------------------------------------------------------------

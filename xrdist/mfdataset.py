@@ -27,6 +27,7 @@ from typing import Any
 import dask
 import numpy as np
 import psutil
+from dask.utils import parse_bytes
 from xarray import Dataset, Variable
 
 from xrdist.array import FileArray, StackArray
@@ -241,6 +242,7 @@ def plan_dataset(
     max_mem = max_mem or default_max_mem()
     distributed = _active_client() is not None
     min_tasks = 2 * _total_threads()
+    target_bytes = parse_bytes(dask.config.get("array.chunk-size"))
     if isinstance(chunks, Mapping):
         unknown = set(chunks) - set(ds.dims)
         if unknown:
@@ -262,6 +264,7 @@ def plan_dataset(
             threshold=threshold,
             distributed=distributed,
             min_tasks=min_tasks,
+            target_bytes=target_bytes,
         )
     return Plan(plans, len(stack.descriptions), max_mem, threshold)
 

@@ -200,6 +200,11 @@ def task_memory(layout: Layout, chunks: NormalizedChunks) -> int:
     return largest * (layout.itemsize + layout.decoded_itemsize) + buffer
 
 
+def decoded_bytes(layout: Layout, chunks: NormalizedChunks) -> int:
+    """Bytes of the largest chunk, decoded."""
+    return math.prod(max(lengths) for lengths in chunks) * layout.decoded_itemsize
+
+
 def n_chunks(chunks: NormalizedChunks) -> int:
     return math.prod(len(lengths) for lengths in chunks)
 
@@ -227,11 +232,15 @@ def aligned_chunks(layout: Layout, chunks: NormalizedChunks) -> dict[str, Any]:
     return out
 
 
-def auto_chunks(layout: Layout, max_mem: int, min_tasks: int = 1) -> dict[str, int]:
+def auto_chunks(
+    layout: Layout, max_mem: int, min_tasks: int = 1, target_bytes: int | None = None
+) -> dict[str, int]:
     """The concatenation axis whole; other axes whole multiples of the on-disk chunks,
-    grown (smallest first) while a task fits in ``max_mem`` and at least ``min_tasks``
-    tasks remain. Raises :class:`PlanError` if even one on-disk chunk per axis does not
-    fit."""
+    grown (smallest first) while a task fits in ``max_mem``, at least ``min_tasks`` tasks
+    remain and a decoded chunk stays within ``target_bytes`` (dask's ``array.chunk-size``
+    in :func:`xrdist.plan`). With a target, a stack twice as long gets chunks half as
+    large, so the memory of a computation does not grow with the number of files.
+    Raises :class:`PlanError` if even one on-disk chunk per axis does not fit."""
     lengths = {}
     for axis, dim in enumerate(layout.dims):
         lengths[dim] = layout.shape[axis] if axis == layout.concat_axis else layout.tile(axis)
@@ -262,7 +271,8 @@ def auto_chunks(layout: Layout, max_mem: int, min_tasks: int = 1) -> dict[str, i
             trial = dict(lengths)
             trial[dim] = min(layout.shape[axis], lengths[dim] * 2)
             chunks = as_chunks(trial)
-            if task_memory(layout, chunks) <= max_mem and n_chunks(chunks) >= min_tasks:
+            small = target_bytes is None or decoded_bytes(layout, chunks) <= target_bytes
+            if small and task_memory(layout, chunks) <= max_mem and n_chunks(chunks) >= min_tasks:
                 lengths = trial
                 break
         else:
@@ -340,12 +350,14 @@ def plan_variable(
     threshold: float = DEFAULT_AMPLIFICATION_THRESHOLD,
     distributed: bool = False,
     min_tasks: int = 1,
+    target_bytes: int | None = None,
 ) -> VariablePlan:
-    """Plan one variable: chunks (or ``"auto"``), strategy and costs. Pure."""
+    """Plan one variable: chunks (or ``"auto"``, see :func:`auto_chunks`), strategy and
+    costs. Pure."""
     if strategy not in ("auto", "direct", "rechunk"):
         raise PlanError(f"strategy must be 'auto', 'direct' or 'rechunk', not {strategy!r}")
     if chunks == "auto":
-        chunks = auto_chunks(layout, max_mem, min_tasks)
+        chunks = auto_chunks(layout, max_mem, min_tasks, target_bytes)
     elif isinstance(chunks, str):
         raise PlanError(
             f"chunks must be a mapping of dimension to length or 'auto', not {chunks!r}"
