@@ -179,6 +179,23 @@ def test_identical_to_netcdf4_engine(corpus, name, options, library):
     assert_same_as_netcdf4(corpus[name], library=library, **options)
 
 
+@pytest.mark.parametrize("name", CORPUS_FILES)
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_reopened_from_the_disk_cache_identical(corpus, name, library):
+    """A reopen unpickles the decoded dataset the first open kept on disk: it is still
+    identical to engine="netcdf4", attributes, encodings and values."""
+    from xrdist import persist
+
+    if library == "h5py" and name.startswith("netcdf3"):
+        pytest.skip("h5py reads HDF5 only")
+    # options of this test only, including one of xarray's time coders
+    options = {"library": library, "decode_times": xr.coders.CFDatetimeCoder(use_cftime=True)}
+    xr.open_dataset(corpus[name], engine="xrdist", **options).close()
+    before = persist.loaded[persist.DATASET]
+    assert_same_as_netcdf4(corpus[name], **options)
+    assert persist.loaded[persist.DATASET] == before + 1
+
+
 @pytest.mark.parametrize("library", LIBRARIES)
 @pytest.mark.parametrize("group", [None, "g1", "g1/g2", "/g1/g2"])
 def test_groups_identical(corpus, group, library):

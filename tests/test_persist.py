@@ -23,17 +23,22 @@ warnings.simplefilter("error", RuntimeWarning)
 import xarray as xr, xrdist
 from xrdist.description import description_cache_info
 total = 0.0
-for path in sys.argv[1:]:
-    with xr.open_dataset(path, engine="xrdist") as ds:
+how, paths = sys.argv[1], sys.argv[2:]
+if how == "stack":
+    with xrdist.open_mfdataset(paths, concat_dim="x", combine="nested") as ds:
+        total = float(ds["v"].sum())
+for path in paths if how != "stack" else []:
+    options = {"mask_and_scale": False} if how == "mask_and_scale=False" else {}
+    with xr.open_dataset(path, engine="xrdist", **options) as ds:
         total += float(ds["v"].sum())
 print(json.dumps({**description_cache_info(), "total": total}))
 """
 
 
-def run(paths: list[str], folder: Path) -> dict[str, float]:
+def run(paths: list[str], folder: Path, how: str = "one by one") -> dict[str, float]:
     env = {**os.environ, "XRDIST_CACHE_DIR": str(folder)}
     out = subprocess.run(
-        [sys.executable, "-c", OPEN_AND_COUNT, *paths],
+        [sys.executable, "-c", OPEN_AND_COUNT, how, *paths],
         capture_output=True,
         text=True,
         env=env,
@@ -51,9 +56,17 @@ def test_a_new_process_loads_descriptions_instead_of_walking(tmp_path: Path) -> 
     paths = [write(tmp_path / f"f{i}.nc", np.arange(5.0) + i) for i in range(20)]
     first = run(paths, tmp_path / "cache")
     second = run(paths, tmp_path / "cache")
-    assert (first["walks"], first["loaded"]) == (20, 0)
-    assert (second["walks"], second["loaded"]) == (0, 20)
+    assert (first["walks"], first["loaded"], first["datasets_loaded"]) == (20, 0, 0)
+    # each file's decoded dataset is on disk too: not even the description is needed
+    assert (second["walks"], second["loaded"], second["datasets_loaded"]) == (0, 0, 20)
     assert first["total"] == second["total"] == sum(10 + 5 * i for i in range(20))
+    # other decoding options: the description is loaded and decoded anew, not walked
+    raw = run(paths, tmp_path / "cache", "mask_and_scale=False")
+    assert (raw["walks"], raw["loaded"], raw["datasets_loaded"]) == (0, 20, 0)
+    assert raw["total"] == first["total"]
+    # a stack loads the descriptions (its datasets are built from them)
+    stack = run(paths, tmp_path / "cache", "stack")
+    assert (stack["walks"], stack["loaded"]) == (0, 20)
 
 
 def test_a_rewritten_file_is_walked_again_and_read_anew(tmp_path: Path) -> None:
@@ -61,7 +74,8 @@ def test_a_rewritten_file_is_walked_again_and_read_anew(tmp_path: Path) -> None:
     assert run([path], tmp_path / "cache")["total"] == 0
     write(tmp_path / "f.nc", np.ones(7))  # new size, identity and contents
     again = run([path], tmp_path / "cache")
-    assert (again["walks"], again["loaded"], again["total"]) == (1, 0, 7)
+    assert (again["walks"], again["loaded"], again["datasets_loaded"]) == (1, 0, 0)
+    assert again["total"] == 7
 
 
 def test_off_when_the_option_is_none(tmp_path: Path) -> None:
@@ -92,7 +106,7 @@ def test_threads_and_processes_share_one_database(tmp_path: Path) -> None:
     folder = tmp_path / "cache"
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", OPEN_AND_COUNT, *paths[i::3]],
+            [sys.executable, "-c", OPEN_AND_COUNT, "one by one", *paths[i::3]],
             env={**os.environ, "XRDIST_CACHE_DIR": str(folder)},
             stdout=subprocess.PIPE,
             text=True,
@@ -110,5 +124,6 @@ def test_threads_and_processes_share_one_database(tmp_path: Path) -> None:
         out, _ = proc.communicate(timeout=120)
         assert proc.returncode == 0
         assert json.loads(out.strip().splitlines()[-1])["total"] == 6.0 * 20
-    assert description_cache_info()["walks"] + description_cache_info()["loaded"] >= 60
+    info = description_cache_info()
+    assert info["walks"] + info["loaded"] + info["datasets_loaded"] >= 60
     assert run(paths, folder)["walks"] == 0

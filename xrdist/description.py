@@ -134,10 +134,18 @@ def describe(
 
 
 def description_cache_info() -> dict[str, int]:
-    """How many descriptions are cached in memory, how many files were walked, and how
-    many descriptions were loaded from the disk cache instead."""
+    """How many descriptions are cached in memory, how many files were walked, how many
+    descriptions were loaded from the disk cache instead, and how many single-file opens
+    found their whole decoded dataset there (``datasets_loaded``)."""
+    from xrdist import persist
+
     with _cache_lock:
-        return {"cached": len(_cache), "walks": _walks[0], "loaded": _loads[0]}
+        return {
+            "cached": len(_cache),
+            "walks": _walks[0],
+            "loaded": _loads[0],
+            "datasets_loaded": persist.loaded[persist.DATASET],
+        }
 
 
 def clear_descriptions(disk: bool = True) -> None:

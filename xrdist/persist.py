@@ -1,5 +1,9 @@
 """File descriptions on disk: a file described once is not walked again by a new process.
 
+The same database keeps each file's decoded dataset per set of decoding options, so that
+reopening a file one by one skips xarray's decoding too (see
+:func:`xrdist.backend.decoded_dataset`).
+
 Opening a stack of thousands of files is dominated by reading each file's metadata. The
 in-memory cache of :mod:`xrdist.description` saves that within a process; this module
 keeps the descriptions in a SQLite database under the option ``description_cache_dir``
@@ -23,6 +27,7 @@ journal, so readers never wait for writers).
 
 from __future__ import annotations
 
+import collections
 import os
 import pickle
 import sqlite3
@@ -39,6 +44,8 @@ DATABASE = f"descriptions-v{SCHEMA}.sqlite"
 
 _local = threading.local()
 _warned = [False]
+#: Values found on disk since this process started, by kind (for statistics and tests).
+loaded: collections.Counter[str] = collections.Counter()
 
 
 def _version() -> str:
@@ -80,34 +87,45 @@ def _skip(err: Exception) -> None:
         )
 
 
-def _key(key: tuple[Any, ...]) -> str:
-    path, identity, library, group = key
+def _key(key: tuple[Any, ...], kind: str) -> str:
+    path, identity, library, group, *extra = key
     ident = (identity.device, identity.inode, identity.size, identity.mtime_ns)
-    fields = (path, *ident, library, group or "", _version())
-    return "\x00".join(map(str, fields))
+    fields = (path, *ident, library, group or "", _version(), *extra)
+    prefix = "" if kind == DESCRIPTION else f"{kind}\x00"
+    return prefix + "\x00".join(map(str, fields))
 
 
-def load(key: tuple[Any, ...]) -> Any | None:
-    """The stored description for ``(path, identity, library, group)``, or None."""
+#: What is stored: a file's description (:mod:`xrdist.description`), or a file's decoded,
+#: lazy dataset for one set of decoding options (:mod:`xrdist.backend`), keyed by
+#: ``(path, identity, library, group, *more)``.
+DESCRIPTION, DATASET = "description", "dataset"
+
+
+def load(key: tuple[Any, ...], kind: str = DESCRIPTION) -> Any | None:
+    """The stored value for ``(path, identity, library, group, *more)``, or None."""
     try:
         db = _connection()
         if db is None:
             return None
-        row = db.execute("SELECT value FROM d WHERE key = ?", (_key(key),)).fetchone()
-        return None if row is None else pickle.loads(row[0])
+        row = db.execute("SELECT value FROM d WHERE key = ?", (_key(key, kind),)).fetchone()
+        if row is None:
+            return None
+        value = pickle.loads(row[0])
+        loaded[kind] += 1
+        return value
     except (sqlite3.Error, OSError, pickle.UnpicklingError, EOFError, AttributeError) as err:
         _skip(err)
         return None
 
 
-def store(key: tuple[Any, ...], description: Any) -> None:
-    """Keep ``description`` for later processes (best effort)."""
+def store(key: tuple[Any, ...], value: Any, kind: str = DESCRIPTION) -> None:
+    """Keep ``value`` for later processes (best effort)."""
     try:
         db = _connection()
         if db is None:
             return
-        blob = pickle.dumps(description, protocol=pickle.HIGHEST_PROTOCOL)
-        db.execute("INSERT OR REPLACE INTO d (key, value) VALUES (?, ?)", (_key(key), blob))
+        blob = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        db.execute("INSERT OR REPLACE INTO d (key, value) VALUES (?, ?)", (_key(key, kind), blob))
     except (sqlite3.Error, OSError, pickle.PicklingError) as err:
         _skip(err)
 
