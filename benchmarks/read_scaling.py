@@ -4,7 +4,8 @@ Usage: ``.venv/bin/python benchmarks/read_scaling.py STACK_FOLDER [--repeat 3]``
 (for example a ``tiles`` stack that ``xrdist bench`` writes under its ``--workdir``).
 
 Reduces ``refl`` with a sum (so that reading and decoding dominate) with
-``chunks={"time": -1, "y": 256, "x": 256}``; ``--raw`` skips CF decoding.
+``chunks={"time": -1, "y": 256, "x": 256}`` (``--chunk`` sets y and x); ``--raw`` skips
+CF decoding.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ def main() -> int:
     parser.add_argument("folder")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--raw", action="store_true", help="no CF decoding (mask_and_scale)")
+    parser.add_argument("--chunk", type=int, default=256, help="y and x chunk length")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     import dask
@@ -29,7 +31,7 @@ def main() -> int:
     import xrdist
 
     paths = sorted(glob.glob(f"{args.folder}/*.nc"))
-    print(f"{len(paths)} files, decoded: {not args.raw}\n")
+    print(f"{len(paths)} files, decoded: {not args.raw}, chunks {args.chunk}\n")
     print("| path | threads | median s |\n|---|---|---|")
     for byte_range in (True, False):
         for n in (1, 2):
@@ -39,7 +41,7 @@ def main() -> int:
                 with options, dask.config.set(scheduler="threads", num_workers=n):
                     ds = xrdist.open_mfdataset(
                         paths,
-                        chunks={"time": -1, "y": 256, "x": 256},
+                        chunks={"time": -1, "y": args.chunk, "x": args.chunk},
                         mask_and_scale=not args.raw,
                     )
                     t = time.perf_counter()
