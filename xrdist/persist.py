@@ -38,8 +38,9 @@ from typing import Any
 
 from xrdist.options import get_option
 
-#: Bumped when FileDescription changes shape: older entries are then ignored.
-SCHEMA = 1
+#: Bumped when what is stored changes shape (a FileDescription, a decoded dataset of
+#: xrdist's arrays): entries of older schemas are then ignored.
+SCHEMA = 2
 DATABASE = f"descriptions-v{SCHEMA}.sqlite"
 
 _local = threading.local()
