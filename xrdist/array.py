@@ -130,8 +130,9 @@ def _reader_pool() -> ThreadPoolExecutor | None:
 
 
 def _forget_pool_after_fork() -> None:
-    global _pool, _pool_lock
+    global _pool, _pool_lock, _busy, _busy_lock
     _pool, _pool_lock = None, threading.Lock()
+    _busy, _busy_lock = 0, threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_pool_after_fork)
@@ -140,12 +141,14 @@ os.register_at_fork(after_in_child=_forget_pool_after_fork)
 def run_in_readers(function: Any, items: Sequence[Any]) -> None:
     """Call ``function(item)`` for every item; exceptions propagate (the first one).
 
-    When there are several items and the caller is not a reader thread itself (a reader
-    waiting for readers could deadlock the pool), the caller and up to
-    ``read_threads - 1`` reader threads take items from one shared queue until it is
-    empty: a handful of pool submissions per call instead of one per item, and the
-    calling thread works instead of waiting.
+    The caller takes items from one shared queue, helped by as many reader threads as
+    ``read_threads`` leaves free once every call in progress has its own thread: a
+    single task (one output chunk) reads on every core, while tasks that already run in
+    parallel (dask's threads) each read alone instead of crowding the cores with
+    threads that only take turns at the GIL. A reader thread never asks for helpers (a
+    reader waiting for readers could deadlock the pool).
     """
+    global _busy
     in_reader = threading.current_thread().name.startswith("xrdist-read")
     pool = _reader_pool() if len(items) > 1 and not in_reader else None
     if pool is None:
@@ -168,16 +171,26 @@ def run_in_readers(function: Any, items: Sequence[Any]) -> None:
                 failed.append(err)
                 raise
 
-    helpers = [pool.submit(work) for _ in range(min(_pool_size, len(items)) - 1)]
+    with _busy_lock:
+        _busy += 1
+        spare = _pool_size - _busy
     try:
-        work()
+        helpers = [pool.submit(work) for _ in range(max(0, min(spare, len(items) - 1)))]
+        try:
+            work()
+        finally:
+            for helper in helpers:
+                helper.exception()  # wait: no reader may still write into the caller's output
     finally:
-        for helper in helpers:
-            helper.exception()  # wait: no reader may still write into the caller's output
+        with _busy_lock:
+            _busy -= 1
     if failed:
         raise failed[0]
 
 
+# Calls of run_in_readers in progress, each reading in its own thread.
+_busy = 0
+_busy_lock = threading.Lock()
 _DONE = object()
 
 

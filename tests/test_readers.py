@@ -1,0 +1,90 @@
+"""run_in_readers: one window's files read on every core a task leaves idle, with real
+threads."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+import xrdist
+from xrdist.array import run_in_readers
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_a_lone_call_reads_on_read_threads_threads_at_once() -> None:
+    """Three items that each wait for the two others: they complete only if three
+    threads (the caller and two readers) run them at the same time."""
+    together = threading.Barrier(3, timeout=10)
+    names: list[str] = []
+
+    def item(_: int) -> None:
+        names.append(threading.current_thread().name)
+        together.wait()
+
+    with xrdist.set_options(read_threads=3):
+        run_in_readers(item, [0, 1, 2])
+    assert threading.current_thread().name in names
+    assert sum(n.startswith("xrdist-read") for n in names) == 2
+
+
+def test_a_call_made_while_others_read_reads_alone() -> None:
+    """With read_threads=2, a call that starts while another is reading gets no helper:
+    the two calls already use both cores."""
+    first_started, second_done = threading.Event(), threading.Event()
+    second_names: list[str] = []
+
+    def first_item(i: int) -> None:
+        first_started.set()
+        assert second_done.wait(10)
+
+    def second_item(i: int) -> None:
+        second_names.append(threading.current_thread().name)
+
+    with xrdist.set_options(read_threads=2):
+        first = threading.Thread(target=run_in_readers, args=(first_item, [0, 1]))
+        first.start()
+        assert first_started.wait(10)
+
+        def second() -> None:
+            run_in_readers(second_item, list(range(20)))
+            second_done.set()
+
+        caller = threading.Thread(target=second, name="second-caller")
+        caller.start()
+        caller.join(10)
+        first.join(10)
+    assert second_names == ["second-caller"] * 20
+
+
+def test_the_first_error_propagates_and_the_rest_is_skipped() -> None:
+    done: list[int] = []
+
+    def item(i: int) -> None:
+        if i == 3:
+            raise ValueError("item 3 failed")
+        done.append(i)
+
+    with xrdist.set_options(read_threads=2), pytest.raises(ValueError, match="item 3"):
+        run_in_readers(item, list(range(200)))
+    assert len(done) < 199
+
+
+def test_a_reader_thread_never_waits_for_readers() -> None:
+    """A nested call from a reader thread runs inline (else a full pool deadlocks)."""
+    inner_names: list[str] = []
+
+    def inner(_: int) -> None:
+        inner_names.append(threading.current_thread().name)
+
+    both = threading.Barrier(2, timeout=10)  # items 0 and 1 run on two threads at once
+
+    def outer(_: int) -> None:
+        both.wait()
+        if threading.current_thread().name.startswith("xrdist-read"):
+            run_in_readers(inner, [0, 1, 2])
+
+    with xrdist.set_options(read_threads=2):
+        run_in_readers(outer, [0, 1])
+    assert inner_names and len(set(inner_names)) == 1
