@@ -40,6 +40,22 @@ class FileChangedError(OSError):
     """The file changed on disk after it was opened: its description no longer holds."""
 
 
+#: What native libraries and their Python bindings raise for a damaged file (h5py raises
+#: ``KeyError`` and ``RuntimeError`` for a bad checksum, tifffile a ``ValueError``...).
+#: Other exceptions (``TypeError``, ``AttributeError``...) are bugs and pass unchanged.
+LIBRARY_ERRORS = (OSError, ValueError, LookupError, RuntimeError, EOFError)
+
+
+def naming_path(error: Exception, path: str, what: str) -> Exception:
+    """``error`` itself if its message names ``path``, else an exception that does:
+    ``"<what>: <type>: <message>"``, a ``ValueError`` for a ``ValueError`` and an
+    ``OSError`` otherwise (raise it ``from error``)."""
+    if path in str(error):
+        return error
+    kind = ValueError if isinstance(error, ValueError) else OSError
+    return kind(f"{what}: {type(error).__name__}: {error}")
+
+
 def read_window(
     proxy: HandleProxy,
     library: str,
@@ -59,11 +75,19 @@ def read_window(
                 "dataset again."
             )
         try:
-            return np.asarray(get_format(library).read(handle, group, name, key))
+            data = np.asarray(get_format(library).read(handle, group, name, key))
         except IndexError as err:
             raise IndexError(
                 f"cannot index variable {name!r} of {proxy.path!r} with {key!r}: {err}"
             ) from err
+        except LIBRARY_ERRORS as err:  # a damaged file: say which file and variable
+            raise naming_path(
+                err, proxy.path, f"cannot read variable {name!r} of {proxy.path!r}"
+            ) from err
+        except MemoryError as err:
+            err.add_note(f"while reading variable {name!r} of {proxy.path!r} with {key!r}")
+            raise
+        return data
 
 
 class FileArray(BackendArray):

@@ -496,7 +496,12 @@ def decode_file_coordinates(
             if name in rebased[members[0]] and "units" in attrs:
                 attrs["units"] = base_units[name]
             raw[name] = Variable(var.dims, values, attrs, dict(var.encoding))
-        decoded, _, _ = conventions.decode_cf_variables(raw, {}, **options)
+        try:
+            decoded, _, _ = conventions.decode_cf_variables(raw, {}, **options)
+        except Exception as err:  # xarray's message does not say which files
+            others = f" (and {len(members) - 1} other files)" if len(members) > 1 else ""
+            err.add_note(f"while decoding {names} of {first.path!r}{others}")
+            raise
         for name in names:
             var = decoded[name]
             axis = var.dims.index(concat_dim)

@@ -34,8 +34,12 @@ LOCK = library_lock(NETCDF_C)
 
 
 def open_raw(path: str, mode: str = "r") -> netCDF4.Dataset:
-    """Open with netCDF4-python, masking/scaling/char conversion off (caller holds LOCK)."""
-    ds = netCDF4.Dataset(path, mode=mode)
+    """Open with netCDF4-python, masking/scaling/char conversion off (caller holds LOCK).
+    netCDF-C's failures to open a damaged file (a ``RuntimeError`` for some) are OSErrors."""
+    try:
+        ds = netCDF4.Dataset(path, mode=mode)
+    except RuntimeError as err:
+        raise OSError(f"netCDF-C: {err}") from err
     ds.set_auto_maskandscale(False)
     ds.set_auto_chartostring(False)
     return ds
