@@ -28,6 +28,7 @@ from xrdist.description import SMALL_VARIABLE_BYTES, FileDescription, VariableDe
 from xrdist.identity import FileIdentity
 from xrdist.locks import NETCDF_C, library_lock
 from xrdist.proxy import HandleProxy
+from xrdist.window import bounding_box, failing_chunk
 
 LIBRARY = "netcdf4"
 LOCK = library_lock(NETCDF_C)
@@ -63,12 +64,21 @@ def _filter_error(var: netCDF4.Variable, path: str, err: Exception) -> OSError:
 
 
 def _values(var: netCDF4.Variable, path: str, key: Any) -> Any:
+    """``var[key]`` (caller holds LOCK); a failure names the file, the variable and, for a
+    chunked variable, the first on-disk chunk of the window that does not read."""
     try:
         return var[key]
     except RuntimeError as err:
         if "filter" in str(err).lower():
             raise _filter_error(var, path, err) from err
-        raise OSError(f"cannot read variable {var.name!r} of {path!r}: {err}") from err
+        where = f"cannot read variable {var.name!r} of {path!r}"
+        chunking = var.chunking() if var.ndim else None
+        if isinstance(chunking, list):
+            box, _ = bounding_box((slice(None),) * var.ndim if key is ... else key, var.shape)
+            chunk = failing_chunk(lambda part: var[part], box, tuple(chunking))
+            if chunk is not None:
+                where += f", chunk {chunk}"
+        raise OSError(f"{where}: {err}") from err
 
 
 def proxy(path: str) -> HandleProxy:
