@@ -46,12 +46,12 @@ class FileChangedError(OSError):
 LIBRARY_ERRORS = (OSError, ValueError, LookupError, RuntimeError, EOFError)
 
 
-def naming_path(error: Exception, path: str, what: str) -> Exception:
-    """``error`` itself if its message names ``path``, else an exception that does:
-    ``"<what>: <type>: <message>"``, a ``ValueError`` for a ``ValueError`` and an
-    ``OSError`` otherwise (raise it ``from error``)."""
-    if path in str(error):
-        return error
+def naming_path(error: Exception, what: str) -> Exception:
+    """An exception whose message names the file, for an ``error`` whose message does
+    not: ``"<what>: <type>: <message>"``, a ``ValueError`` for a ``ValueError`` and an
+    ``OSError`` otherwise. Raise it ``from error`` (and re-raise an error that already
+    names the file with a bare ``raise``: ``raise error from error`` would make its
+    cause itself, a cycle that hangs dask.distributed's error reporting)."""
     kind = ValueError if isinstance(error, ValueError) else OSError
     return kind(f"{what}: {type(error).__name__}: {error}")
 
@@ -81,9 +81,9 @@ def read_window(
                 f"cannot index variable {name!r} of {proxy.path!r} with {key!r}: {err}"
             ) from err
         except LIBRARY_ERRORS as err:  # a damaged file: say which file and variable
-            raise naming_path(
-                err, proxy.path, f"cannot read variable {name!r} of {proxy.path!r}"
-            ) from err
+            if proxy.path in str(err):
+                raise
+            raise naming_path(err, f"cannot read variable {name!r} of {proxy.path!r}") from err
         except MemoryError as err:
             err.add_note(f"while reading variable {name!r} of {proxy.path!r} with {key!r}")
             raise

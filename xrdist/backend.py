@@ -117,9 +117,9 @@ def _walk_with(
     except UnsupportedLayout:
         raise
     except LIBRARY_ERRORS as err:  # damaged metadata: say which file
-        raise naming_path(
-            err, path, f"cannot read the metadata of {path!r} with {library}"
-        ) from err
+        if path in str(err):
+            raise
+        raise naming_path(err, f"cannot read the metadata of {path!r} with {library}") from err
     except MemoryError as err:  # metadata is small: a damaged header claims a huge size
         err.add_note(f"while reading the metadata of {path!r} with {library} (damaged?)")
         raise
