@@ -65,7 +65,8 @@ def read_window(
     key: tuple[Any, ...],
 ) -> np.ndarray:
     """``name[key]`` (outer indexing) from one file, under a lease; raises
-    :class:`FileChangedError` if the file is not the one that was described."""
+    :class:`FileChangedError` if the file is not the one that was described, or if it
+    was modified in place while the window was being read (a torn read)."""
     lease = proxy.lease()
     with lease as handle:
         if lease.identity is not None and lease.identity != identity:
@@ -87,7 +88,24 @@ def read_window(
         except MemoryError as err:
             err.add_note(f"while reading variable {name!r} of {proxy.path!r} with {key!r}")
             raise
+        _check_not_modified(proxy.path, identity, name)
         return data
+
+
+def _check_not_modified(path: str, identity: FileIdentity, name: str) -> None:
+    """After a read: raise if the file was modified in place (same inode, new size or
+    modification time), since the bytes read may mix old and new contents. A file
+    deleted or replaced by another meanwhile was read whole through the open handle,
+    which still reads the original."""
+    try:
+        now = FileIdentity.of(path)
+    except OSError:
+        return
+    if now.same_file(identity) and now != identity:
+        raise FileChangedError(
+            f"{path!r} {identity.describe_change(now)} while variable {name!r} was being "
+            "read from it; the values read cannot be trusted. Open the dataset again."
+        )
 
 
 class FileArray(BackendArray):
