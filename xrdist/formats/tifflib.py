@@ -427,12 +427,16 @@ def walk(
                 f"{level - 1} does not exist"
             )
         page, full = images[level], images[0]
-        geokeys = dict(full.geotiff_tags or {})
         index = _build_tiles(page, path)
+        try:  # tifffile parses the GeoKeys now; xrdist interprets them below
+            geokeys = dict(full.geotiff_tags or {})
+            affine = affine_from_tags(geokeys)
+            attrs = _band_attrs(full, index.shape[0], geokeys)
+        except (tifffile.TiffFileError, *PARSE_ERRORS) as err:
+            raise _unreadable(path, err) from err
     with _tiles_lock:
         _tiles.setdefault(handle, {})[level] = index
     bands, height, width = index.shape
-    affine = affine_from_tags(geokeys)
     if affine is None:
         warnings.warn(
             f"{path!r} has no georeferencing: opened with pixel-index coordinates "
@@ -449,8 +453,12 @@ def walk(
             "north-up rasters only. Warp it first (e.g. gdalwarp)."
         )
     x, y = pixel_centres(affine, width, height)
-    attrs = _band_attrs(full, bands, geokeys)
-    crs = _crs(path, geokeys)
+    try:
+        crs = _crs(path, geokeys)
+    except PARSE_ERRORS as err:
+        if path in str(err):
+            raise
+        raise _unreadable(path, err) from err
     variables: dict[str, VariableDescription] = {
         "band": VariableDescription(
             "band",
