@@ -8,6 +8,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 # The disk cache of file descriptions of this test run (and of the processes it starts)
@@ -29,11 +30,116 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=3.0,
         help="how long each stress test runs (default 3 s; raise it for a soak)",
     )
+    group = parser.getgroup("reliability", "the reliability suite (tests/test_reliability_*.py)")
+    group.addoption(
+        "--soak-seconds",
+        type=float,
+        default=5.0,
+        help="how long the soak and the other long-capable reliability tests run (default 5 s)",
+    )
+    group.addoption(
+        "--fuzz-examples",
+        type=int,
+        default=160,
+        help="mutated files per seed format in the fuzz tests (default 160)",
+    )
+    group.addoption(
+        "--fuzz-seed",
+        type=int,
+        default=0,
+        help="seed of the fuzz tests' mutations (default 0: the same inputs on every run)",
+    )
 
 
 @pytest.fixture
 def stress_seconds(request: pytest.FixtureRequest) -> float:
     return float(request.config.getoption("--stress-seconds"))
+
+
+@pytest.fixture
+def soak_seconds(request: pytest.FixtureRequest) -> float:
+    return float(request.config.getoption("--soak-seconds"))
+
+
+@pytest.fixture
+def fuzz_examples(request: pytest.FixtureRequest) -> int:
+    return int(request.config.getoption("--fuzz-examples"))
+
+
+@pytest.fixture
+def fuzz_seed(request: pytest.FixtureRequest) -> int:
+    return int(request.config.getoption("--fuzz-seed"))
+
+
+@dataclass
+class Figures:
+    """What one reliability test did, counted while it ran (never typed in).
+
+    ``operations`` are the test's own units (reads, computes, opens: ``unit`` says which),
+    ``faults`` the faults it injected, ``fuzzed`` the inputs it fuzzed, ``failures`` the
+    invariant violations it saw (the test asserts there are none). ``notes`` carries
+    anything else worth a line in the report.
+    """
+
+    test: str
+    unit: str = "operations"
+    operations: int = 0
+    files: int = 0
+    threads: int = 0
+    processes: int = 1
+    faults: int = 0
+    fuzzed: int = 0
+    failures: int = 0
+    seconds: float = 0.0
+    notes: dict[str, object] = field(default_factory=dict)
+
+    def line(self) -> str:
+        notes = "".join(f", {k}: {v}" for k, v in self.notes.items())
+        return (
+            f"figures {self.test}: {self.operations} {self.unit}, {self.files} files, "
+            f"{self.threads} threads, {self.processes} processes, {self.faults} faults "
+            f"injected, {self.fuzzed} inputs fuzzed, failures: {self.failures}, "
+            f"{self.seconds:.1f} s{notes}"
+        )
+
+
+FIGURES_KEY = pytest.StashKey[list[Figures]]()
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest) -> Iterator[Figures]:
+    """A :class:`Figures` for this test to count into. At the end of the test its line is
+    printed (shown with ``-s``) and kept for the table at the end of the session."""
+    found = Figures(test=request.node.name)
+    start = time.monotonic()
+    yield found
+    found.seconds = time.monotonic() - start
+    print("\n" + found.line())
+    request.config.stash.setdefault(FIGURES_KEY, []).append(found)
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
+) -> None:
+    """The figures of the reliability tests that ran, as one table (for docs/reliability.md)."""
+    found = config.stash.get(FIGURES_KEY, [])
+    if not found:
+        return
+    write = terminalreporter.write_line
+    terminalreporter.section("reliability figures")
+    write(
+        "| test | operations | files | threads | processes | faults injected | inputs fuzzed "
+        "| failures | seconds | notes |"
+    )
+    write("|---|---|---|---|---|---|---|---|---|---|")
+    for f in found:
+        row = asdict(f)
+        notes = "; ".join(f"{k}: {v}" for k, v in f.notes.items())
+        write(
+            f"| {f.test} | {row['operations']:,} {f.unit} | {f.files:,} | {f.threads} | "
+            f"{f.processes} | {f.faults:,} | {f.fuzzed:,} | {f.failures} | {f.seconds:.1f} "
+            f"| {notes} |"
+        )
 
 
 def expected_values(i: int, n: int = 64) -> np.ndarray:

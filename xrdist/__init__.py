@@ -35,7 +35,7 @@ from xrdist.mfdataset import open_mfdataset, plan
 from xrdist.options import get_options, set_options
 from xrdist.plan import AmplificationWarning, Plan
 from xrdist.proxy import HandleProxy
-from xrdist.scan import StackError
+from xrdist.scan import StackError, StackWarning
 
 __version__ = "0.1.0.dev0"
 
@@ -50,6 +50,7 @@ __all__ = [
     "NamedLock",
     "Plan",
     "StackError",
+    "StackWarning",
     "cache_info",
     "clear_cache",
     "file_lock",

@@ -40,6 +40,22 @@ class FileChangedError(OSError):
     """The file changed on disk after it was opened: its description no longer holds."""
 
 
+#: What native libraries and their Python bindings raise for a damaged file (h5py raises
+#: ``KeyError`` and ``RuntimeError`` for a bad checksum, tifffile a ``ValueError``...).
+#: Other exceptions (``TypeError``, ``AttributeError``...) are bugs and pass unchanged.
+LIBRARY_ERRORS = (OSError, ValueError, LookupError, RuntimeError, EOFError)
+
+
+def naming_path(error: Exception, what: str) -> Exception:
+    """An exception whose message names the file, for an ``error`` whose message does
+    not: ``"<what>: <type>: <message>"``, a ``ValueError`` for a ``ValueError`` and an
+    ``OSError`` otherwise. Raise it ``from error`` (and re-raise an error that already
+    names the file with a bare ``raise``: ``raise error from error`` would make its
+    cause itself, a cycle that hangs dask.distributed's error reporting)."""
+    kind = ValueError if isinstance(error, ValueError) else OSError
+    return kind(f"{what}: {type(error).__name__}: {error}")
+
+
 def read_window(
     proxy: HandleProxy,
     library: str,
@@ -49,7 +65,8 @@ def read_window(
     key: tuple[Any, ...],
 ) -> np.ndarray:
     """``name[key]`` (outer indexing) from one file, under a lease; raises
-    :class:`FileChangedError` if the file is not the one that was described."""
+    :class:`FileChangedError` if the file is not the one that was described, or if it
+    was modified in place while the window was being read (a torn read)."""
     lease = proxy.lease()
     with lease as handle:
         if lease.identity is not None and lease.identity != identity:
@@ -59,11 +76,36 @@ def read_window(
                 "dataset again."
             )
         try:
-            return np.asarray(get_format(library).read(handle, group, name, key))
+            data = np.asarray(get_format(library).read(handle, group, name, key))
         except IndexError as err:
             raise IndexError(
                 f"cannot index variable {name!r} of {proxy.path!r} with {key!r}: {err}"
             ) from err
+        except LIBRARY_ERRORS as err:  # a damaged file: say which file and variable
+            if proxy.path in str(err):
+                raise
+            raise naming_path(err, f"cannot read variable {name!r} of {proxy.path!r}") from err
+        except MemoryError as err:
+            err.add_note(f"while reading variable {name!r} of {proxy.path!r} with {key!r}")
+            raise
+        _check_not_modified(proxy.path, identity, name)
+        return data
+
+
+def _check_not_modified(path: str, identity: FileIdentity, name: str) -> None:
+    """After a read: raise if the file was modified in place (same inode, new size or
+    modification time), since the bytes read may mix old and new contents. A file
+    deleted or replaced by another meanwhile was read whole through the open handle,
+    which still reads the original."""
+    try:
+        now = FileIdentity.of(path)
+    except OSError:
+        return
+    if now.same_file(identity) and now != identity:
+        raise FileChangedError(
+            f"{path!r} {identity.describe_change(now)} while variable {name!r} was being "
+            "read from it; the values read cannot be trusted. Open the dataset again."
+        )
 
 
 class FileArray(BackendArray):

@@ -28,7 +28,7 @@ from xarray.coding.times import CFDatetimeCoder, CFTimedeltaCoder
 from xarray.core import indexing
 from xarray.core.coordinates import Coordinates
 
-from xrdist.array import FileArray
+from xrdist.array import LIBRARY_ERRORS, FileArray, naming_path
 from xrdist.decoding import fuse_decoding
 from xrdist.description import FileDescription, describe
 from xrdist.formats import FORMATS, get_format
@@ -100,16 +100,33 @@ class _CannotOpen(OSError):
     """The library could not open the file at all (as opposed to failing to walk it)."""
 
 
-def _walk_with(library: str, path: str, group: str | None) -> FileDescription:
+def _walk_with(
+    library: str, path: str, group: str | None, fallback: bool = False
+) -> FileDescription:
+    """Describe ``path`` through a lease of ``library``'s handle. Errors name the path;
+    with ``fallback``, a file the library cannot open raises :class:`_CannotOpen`."""
+    from xrdist.formats.h5pylib import UnsupportedLayout
+
     fmt = get_format(library)
     lease = fmt.proxy(path).lease()
     try:
         handle = lease.__enter__()
     except OSError as err:
-        raise _CannotOpen(str(err)) from err
+        if fallback:
+            raise _CannotOpen(str(err)) from err
+        raise
     try:
         assert lease.identity is not None
         return fmt.walk(handle, path, lease.identity, group)
+    except UnsupportedLayout:
+        raise
+    except LIBRARY_ERRORS as err:  # damaged metadata: say which file
+        if path in str(err):
+            raise
+        raise naming_path(err, f"cannot read the metadata of {path!r} with {library}") from err
+    except MemoryError as err:  # metadata is small: a damaged header claims a huge size
+        err.add_note(f"while reading the metadata of {path!r} with {library} (damaged?)")
+        raise
     finally:
         lease.__exit__(None, None, None)
 
@@ -151,13 +168,16 @@ def _walk_auto(path: str, group: str | None) -> FileDescription:
     if sniff_format(path) != "hdf5":
         return _walk_with("netcdf4", path, group)
     try:
-        description = _walk_with("netcdf4", path, group)
-    except _CannotOpen:
+        description = _walk_with("netcdf4", path, group, fallback=True)
+    except _CannotOpen as cannot:
         try:
             return _walk_with("h5py", path, group)
-        except UnsupportedLayout:
+        except UnsupportedLayout as err:
             get_format("h5py").proxy(path).close()
-            raise
+            raise OSError(
+                f"{path!r} is an HDF5 file that netCDF-C cannot open ({cannot}) and that "
+                f"h5py cannot describe as netCDF ({err}): damaged, or not netCDF"
+            ) from err
     if not _h5py_reads(description):
         return description
     get_format("netcdf4").proxy(path).close()  # described: reads will use h5py
@@ -281,9 +301,20 @@ def decode_dataset(
 
 
 def dataset_from_description(description: FileDescription, **decode: Any) -> Dataset:
-    """Decode one described file into a lazy Dataset."""
+    """Decode one described file into a lazy Dataset (a decoding error gets a note that
+    names the file)."""
     encoding = {"unlimited_dims": set(description.unlimited_dims), "source": description.path}
-    return decode_dataset(raw_variables(description), description.attrs, encoding, **decode)
+    try:
+        return decode_dataset(raw_variables(description), description.attrs, encoding, **decode)
+    except Exception as err:
+        note_path(err, description.path)
+        raise
+
+
+def note_path(error: BaseException, path: str) -> None:
+    """Add a note naming ``path`` to an error (of xarray's decoders, say) that does not."""
+    if path not in str(error) and not any(path in n for n in getattr(error, "__notes__", ())):
+        error.add_note(f"while decoding the variables of {path!r}")
 
 
 def _options_key(decode: dict[str, Any]) -> str | None:

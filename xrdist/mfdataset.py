@@ -140,7 +140,11 @@ def stack_dataset(stack: Stack, *, data_vars: str = "all", **decode: Any) -> Dat
             raw[name].encoding,
         )
     encoding = {"unlimited_dims": set(first.unlimited_dims), "source": first.path}
-    ds = decode_dataset(raw, first.attrs, encoding, replace=replace, **decode)
+    try:
+        ds = decode_dataset(raw, first.attrs, encoding, replace=replace, **decode)
+    except Exception as err:
+        err.add_note(f"while decoding the variables of the stack of {first.path!r} and others")
+        raise
     if stack.labels is not None:  # scenes: each file's time (indexed, as decode_dataset's)
         ds = ds.assign_coords({dim: Variable((dim,), stack.labels)})
     return ds

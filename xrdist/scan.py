@@ -21,6 +21,7 @@ import hashlib
 import itertools
 import os
 import sys
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -59,6 +60,11 @@ STACKING_ATTRS = DECODING_ATTRS + GRID_ATTRS
 
 class StackError(ValueError):
     """The files do not stack; the message names the first file that differs and how."""
+
+
+class StackWarning(UserWarning):
+    """The files stack, but the result is probably not what was meant (values repeated
+    along the stacking dimension); the message names the files."""
 
 
 def coordinate_names(description: FileDescription) -> set[str]:
@@ -236,17 +242,27 @@ def file_signature(
     return (dims, variables)
 
 
-def _grid_difference(first: FileDescription, other: FileDescription) -> str | None:
-    """Words for a different CRS, transform or size of two scenes, or None."""
+def _crs_name(attrs: dict[str, Any]) -> str:
+    """A short name of a grid mapping's CRS, or the start of its WKT if pyproj cannot read it."""
     from xrdist.georef import crs_name
 
+    try:
+        return crs_name(attrs)
+    except Exception:
+        return repr(str(attrs.get("crs_wkt"))[:80] + "...")
+
+
+def _grid_difference(
+    first: FileDescription, other: FileDescription, sizes: bool = True
+) -> str | None:
+    """Words for a different CRS, transform or (``sizes``) size of two scenes, or None."""
     for name, a in first.variables.items():
         b = other.variables.get(name)
         if b is None or not any(k in a.attrs for k in GRID_ATTRS):
             continue
         if a.attrs.get("crs_wkt") != b.attrs.get("crs_wkt"):
             return (
-                f"its CRS is {crs_name(b.attrs)}, not {crs_name(a.attrs)}. xrdist does not "
+                f"its CRS is {_crs_name(b.attrs)}, not {_crs_name(a.attrs)}. xrdist does not "
                 "reproject: warp the scenes to one grid first (e.g. with gdalwarp)"
             )
         if a.attrs.get("GeoTransform") != b.attrs.get("GeoTransform"):
@@ -255,7 +271,7 @@ def _grid_difference(first: FileDescription, other: FileDescription) -> str | No
                 f"{a.attrs.get('GeoTransform')!r}: the scenes are not on one grid. xrdist "
                 "does not resample: warp them to one grid first (e.g. with gdalwarp)"
             )
-    for dim in ("y", "x"):
+    for dim in ("y", "x") if sizes else ():
         if first.dims.get(dim) != other.dims.get(dim):
             return (
                 f"its size is {other.dims.get('y')} x {other.dims.get('x')} pixels, not "
@@ -266,7 +282,8 @@ def _grid_difference(first: FileDescription, other: FileDescription) -> str | No
 
 def _difference(first: FileDescription, other: FileDescription, concat_dim: str) -> str:
     """Words for the first thing that differs between two files' signatures."""
-    grid = _grid_difference(first, other) if first.library == TIFF_LIBRARY else None
+    # netCDF files are compared by CRS and transform only: their sizes are named by variable
+    grid = _grid_difference(first, other, sizes=first.library == TIFF_LIBRARY)
     if grid is not None:
         return grid
     missing = sorted(set(first.variables) - set(other.variables))
@@ -344,20 +361,33 @@ def infer_concat_dim(descriptions: Sequence[FileDescription]) -> str:
         return (_digest(var.values), var.values.shape, units)
 
     first = {d: key(v) for d, v in _dimension_coordinates(descriptions[0]).items()}
-    varying = set()
+    differing: dict[str, list[str]] = {}  # dimension -> the files whose values differ
     for other in descriptions[1:]:
         theirs = _dimension_coordinates(other)
         for dim, mine in first.items():
             if dim not in theirs or key(theirs[dim]) != mine:
-                varying.add(dim)
-    if len(varying) != 1:
-        what = "no dimension coordinate differs" if not varying else f"{sorted(varying)} all differ"
-        raise StackError(
-            f"cannot infer the dimension to concatenate {len(descriptions)} files along: "
-            f"{what} between files. Pass concat_dim= (with combine='nested' to keep the "
-            "order given)."
+                differing.setdefault(dim, []).append(other.path)
+    if len(differing) == 1:
+        return next(iter(differing))
+    # One dimension differs in every file, others in some: the stack follows the first,
+    # and validation names the files that differ in the others.
+    everywhere = [d for d, paths in differing.items() if len(paths) == len(descriptions) - 1]
+    if len(everywhere) == 1 and len(descriptions) > 2:
+        return everywhere[0]
+    if not differing:
+        what = "no dimension coordinate differs between files"
+    else:
+        named = "; ".join(
+            f"{d!r} in {paths[0]!r}" + (f" and {len(paths) - 1} other(s)" if len(paths) > 1 else "")
+            for d, paths in sorted(differing.items())
         )
-    return varying.pop()
+        what = (
+            f"{sorted(differing)} all differ between files (from {descriptions[0].path!r}: {named})"
+        )
+    raise StackError(
+        f"cannot infer the dimension to concatenate {len(descriptions)} files along: "
+        f"{what}. Pass concat_dim= (with combine='nested' to keep the order given)."
+    )
 
 
 #: Seconds per CF time unit, for rebasing integer times to another reference date.
@@ -466,7 +496,12 @@ def decode_file_coordinates(
             if name in rebased[members[0]] and "units" in attrs:
                 attrs["units"] = base_units[name]
             raw[name] = Variable(var.dims, values, attrs, dict(var.encoding))
-        decoded, _, _ = conventions.decode_cf_variables(raw, {}, **options)
+        try:
+            decoded, _, _ = conventions.decode_cf_variables(raw, {}, **options)
+        except Exception as err:  # xarray's message does not say which files
+            others = f" (and {len(members) - 1} other files)" if len(members) > 1 else ""
+            err.add_note(f"while decoding {names} of {first.path!r}{others}")
+            raise
         for name in names:
             var = decoded[name]
             axis = var.dims.index(concat_dim)
@@ -514,6 +549,7 @@ def scan(
         concat_dim = (
             infer_concat_dim(descriptions) if len(descriptions) > 1 else _only_dim(descriptions[0])
         )
+    _check_libraries(descriptions)  # first: files read differently also differ in detail
     validate(descriptions, concat_dim, data_vars)
     per_file = decoded_per_file(descriptions[0], concat_dim)
     decoded = decode_file_coordinates(descriptions, per_file, decode, concat_dim)
@@ -521,7 +557,10 @@ def scan(
         order = _order_by_coordinate(descriptions, decoded, concat_dim)
         descriptions = [descriptions[i] for i in order]
         decoded = [decoded[i] for i in order]
-    _check_libraries(descriptions)
+    if concat_dim in per_file:
+        _warn_duplicates(
+            [d.path for d in descriptions], [c[concat_dim].values for c in decoded], concat_dim
+        )
     resolved = descriptions[0].library
     return Stack(tuple(descriptions), concat_dim, resolved, group, tuple(decoded))
 
@@ -536,8 +575,8 @@ def _scene_stack(
 ) -> Stack:
     """Files without ``concat_dim`` (one scene each), stacked along it as a new dimension
     labelled by ``times``, in time order for ``combine="by_coords"``."""
-    validate(descriptions, concat_dim, data_vars)
     _check_libraries(descriptions)
+    validate(descriptions, concat_dim, data_vars)
     if times is None and descriptions[0].library == TIFF_LIBRARY and has_time_tags(descriptions):
         times = "tag"
     labels = None if times is None else file_times(descriptions, times)
@@ -559,6 +598,8 @@ def _scene_stack(
                 )
         descriptions = [descriptions[i] for i in order]
         labels = labels[order]
+    elif labels is not None:
+        _warn_duplicates([d.path for d in descriptions], list(labels), concat_dim)
     return Stack(tuple(descriptions), concat_dim, descriptions[0].library, group, (), labels)
 
 
@@ -571,6 +612,41 @@ def _check_libraries(descriptions: Sequence[FileDescription]) -> None:
             f"{descriptions[0].library} (netCDF-3 and netCDF-4 files mixed, or TIFF and "
             "netCDF?); pass library='netcdf4' to read netCDF files all with netCDF-C"
         )
+
+
+def _warn_duplicates(paths: Sequence[str], values: Sequence[Any], dim: str) -> None:
+    """Warn (:class:`StackWarning`), naming the files, if a value of ``dim`` occurs twice:
+    in one file, or in two files (possible with ``combine="nested"``, which keeps the
+    order given; ``"by_coords"`` raises for duplicates across files)."""
+    arrays = [np.ravel(np.asarray(v)) for v in values]
+    if not arrays:
+        return
+    flat = np.concatenate(arrays)
+    owner = np.repeat(np.arange(len(arrays)), [a.size for a in arrays])
+    try:
+        order = np.argsort(flat, kind="stable")
+        ordered = flat[order]
+        repeated = np.flatnonzero(ordered[1:] == ordered[:-1])
+    except TypeError:  # values that do not sort or compare: not checked
+        return
+    if not repeated.size:
+        return
+    first = repeated[0]
+    a, b = int(owner[order[first]]), int(owner[order[first + 1]])
+    where = (
+        f"{paths[a]!r} holds it twice"
+        if a == b
+        else f"{paths[a]!r} and {paths[b]!r} both hold it"
+        + (" (the same file, given twice)" if paths[a] == paths[b] else "")
+    )
+    count = len(np.unique(ordered[repeated]))
+    warnings.warn(
+        f"{dim} has {count} duplicate value(s), e.g. {ordered[first]!r}: {where}. Selecting "
+        f"by {dim} returns every copy; check for files given twice or copied under another "
+        "name",
+        StackWarning,
+        stacklevel=4,
+    )
 
 
 def _only_dim(description: FileDescription) -> str:

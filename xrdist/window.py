@@ -7,6 +7,8 @@ listed or dropped) elements from it in memory. Pure functions; thread-safe.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -47,3 +49,30 @@ def pick(data: np.ndarray, picks: list[Any]) -> np.ndarray:
         else:
             data = np.take(data, chosen, axis=axis)
     return data
+
+
+def failing_chunk(
+    read: Callable[[tuple[slice, ...]], Any],
+    box: tuple[slice, ...],
+    chunks: tuple[int, ...],
+    limit: int = 4096,
+) -> tuple[int, ...] | None:
+    """After a read of ``box`` failed: read each on-disk chunk it touches on its own and
+    return the chunk-grid index of the first that fails, or None (all read, or more than
+    ``limit`` chunks to try). For error messages only: it re-reads the window."""
+    ranges = [
+        range(s.start // c, max(s.start, s.stop - 1) // c + 1)
+        for s, c in zip(box, chunks, strict=True)
+    ]
+    if int(np.prod([len(r) for r in ranges])) > limit:
+        return None
+    for where in itertools.product(*ranges):
+        part = tuple(
+            slice(max(s.start, i * c), min(s.stop, (i + 1) * c))
+            for s, i, c in zip(box, where, chunks, strict=True)
+        )
+        try:
+            read(part)
+        except Exception:
+            return where
+    return None

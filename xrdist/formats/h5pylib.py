@@ -36,7 +36,7 @@ from xrdist.identity import FileIdentity
 from xrdist.locks import HDF5, library_lock
 from xrdist.options import get_option
 from xrdist.proxy import HandleProxy
-from xrdist.window import bounding_box, pick
+from xrdist.window import bounding_box, failing_chunk, pick
 
 LIBRARY = "h5py"
 LOCK = library_lock(HDF5)
@@ -402,8 +402,12 @@ def read(handle: h5py.File, group: str | None, name: str, key: tuple[Any, ...]) 
     try:
         data = np.asarray(dset[box])
     except OSError as err:
+        where = f"cannot read variable {name!r} of {handle.filename!r}"
         missing = missing_filters(dset)
-        if not missing:
-            raise
-        raise OSError(f"cannot read variable {name!r}: {filter_help(missing)}") from err
+        if missing:
+            raise OSError(f"{where}: {filter_help(missing)}") from err
+        chunk = failing_chunk(lambda part: dset[part], box, dset.chunks) if dset.chunks else None
+        if chunk is not None:
+            where += f", chunk {chunk}"
+        raise OSError(f"{where}: {err}") from err
     return pick(data, picks)

@@ -28,14 +28,19 @@ from xrdist.description import SMALL_VARIABLE_BYTES, FileDescription, VariableDe
 from xrdist.identity import FileIdentity
 from xrdist.locks import NETCDF_C, library_lock
 from xrdist.proxy import HandleProxy
+from xrdist.window import bounding_box, failing_chunk
 
 LIBRARY = "netcdf4"
 LOCK = library_lock(NETCDF_C)
 
 
 def open_raw(path: str, mode: str = "r") -> netCDF4.Dataset:
-    """Open with netCDF4-python, masking/scaling/char conversion off (caller holds LOCK)."""
-    ds = netCDF4.Dataset(path, mode=mode)
+    """Open with netCDF4-python, masking/scaling/char conversion off (caller holds LOCK).
+    netCDF-C's failures to open a damaged file (a ``RuntimeError`` for some) are OSErrors."""
+    try:
+        ds = netCDF4.Dataset(path, mode=mode)
+    except RuntimeError as err:
+        raise OSError(f"netCDF-C: {err}") from err
     ds.set_auto_maskandscale(False)
     ds.set_auto_chartostring(False)
     return ds
@@ -59,12 +64,21 @@ def _filter_error(var: netCDF4.Variable, path: str, err: Exception) -> OSError:
 
 
 def _values(var: netCDF4.Variable, path: str, key: Any) -> Any:
+    """``var[key]`` (caller holds LOCK); a failure names the file, the variable and, for a
+    chunked variable, the first on-disk chunk of the window that does not read."""
     try:
         return var[key]
     except RuntimeError as err:
         if "filter" in str(err).lower():
             raise _filter_error(var, path, err) from err
-        raise OSError(f"cannot read variable {var.name!r} of {path!r}: {err}") from err
+        where = f"cannot read variable {var.name!r} of {path!r}"
+        chunking = var.chunking() if var.ndim else None
+        if isinstance(chunking, list):
+            box, _ = bounding_box((slice(None),) * var.ndim if key is ... else key, var.shape)
+            chunk = failing_chunk(lambda part: var[part], box, tuple(chunking))
+            if chunk is not None:
+                where += f", chunk {chunk}"
+        raise OSError(f"{where}: {err}") from err
 
 
 def proxy(path: str) -> HandleProxy:

@@ -25,6 +25,7 @@ manager; proxies pickle as (opener, path).
 from __future__ import annotations
 
 import os
+import struct
 import threading
 import warnings
 import weakref
@@ -82,8 +83,17 @@ def open_tiff(path: str, mode: str = "r") -> tifffile.TiffFile:
         raise ValueError(f"{path!r}: TIFF files are opened read-only, not mode={mode!r}")
     try:
         return tifffile.TiffFile(path)
-    except tifffile.TiffFileError as err:
-        raise ValueError(f"{path!r} is not a readable TIFF file: {err}") from err
+    except (tifffile.TiffFileError, *PARSE_ERRORS) as err:
+        raise _unreadable(path, err) from err
+
+
+#: What tifffile raises on damaged tags besides TiffFileError (found by fuzzing).
+PARSE_ERRORS = (ValueError, TypeError, KeyError, IndexError, struct.error, OverflowError)
+
+
+def _unreadable(path: str, err: Exception) -> ValueError:
+    kind = "" if isinstance(err, tifffile.TiffFileError) else f"{type(err).__name__}: "
+    return ValueError(f"{path!r} is not a readable TIFF file: {kind}{err}")
 
 
 def proxy(path: str) -> HandleProxy:
@@ -110,9 +120,13 @@ def _level(group: str | None) -> int:
 
 
 def _images(handle: tifffile.TiffFile) -> list[tifffile.TiffPage]:
-    """The full-resolution image and its overviews, largest first."""
-    series = handle.series[0]
-    return [level.keyframe for level in series.levels]
+    """The full-resolution image and its overviews, largest first (tifffile parses the
+    directories now: damaged ones raise a ValueError naming the file)."""
+    try:
+        series = handle.series[0]
+        return [level.keyframe for level in series.levels]
+    except (tifffile.TiffFileError, *PARSE_ERRORS) as err:
+        raise _unreadable(handle.filehandle.path, err) from err
 
 
 # ---------------------------------------------------------------------------- tiles
@@ -219,11 +233,22 @@ def _build_tiles(page: tifffile.TiffPage, path: str) -> Tiles:
     if page.compression in (6, 7, 34892, 33007):  # JPEG variants: shared tables
         kwargs = {"jpegtables": page.jpegtables, "jpegheader": page.jpegheader}
     nodata = _nodata(page)
+    shape = (bands, int(page.imagelength), int(page.imagewidth))
+    planar = bands > 1 and int(page.planarconfig) == 2
+    planes = bands if planar else 1
+    expected = planes * -(-shape[1] // max(1, tile[0])) * -(-shape[2] // max(1, tile[1]))
+    stored = len(page.dataoffsets)
+    if min(tile) < 1 or stored != expected or len(page.databytecounts) != stored:
+        raise ValueError(
+            f"{path!r} is not a readable TIFF file: its image of {shape[1]} x {shape[2]} "
+            f"pixels in {'tiles' if page.is_tiled else 'strips'} of {tile[0]} x {tile[1]} "
+            f"needs {expected} of them, but it lists {stored} (damaged tags?)"
+        )
     return Tiles(
         path=path,
-        shape=(bands, int(page.imagelength), int(page.imagewidth)),
+        shape=shape,
         tile=tile,
-        planar=bands > 1 and int(page.planarconfig) == 2,
+        planar=planar,
         dtype=np.dtype(page.dtype),
         fill_value=0 if nodata is None else nodata,  # of tiles never written (sparse)
         compression=_compression_name(page),
@@ -364,7 +389,7 @@ def _band_attrs(page: tifffile.TiffPage, bands: int, geokeys: dict[str, Any]) ->
 def _crs(path: str, geokeys: dict[str, Any]) -> dict[str, Any] | None:
     """``spatial_ref`` attributes for the file's CRS, or None (with a warning) if there is
     one pyproj cannot read from its EPSG code and GDAL (rasterio) is not installed."""
-    if not any(k.endswith("GeoKey") for k in geokeys):
+    if not any(str(k).endswith("GeoKey") for k in geokeys):
         return None
     code = epsg_code(geokeys)
     if code is not None:
@@ -402,12 +427,16 @@ def walk(
                 f"{level - 1} does not exist"
             )
         page, full = images[level], images[0]
-        geokeys = dict(full.geotiff_tags or {})
         index = _build_tiles(page, path)
+        try:  # tifffile parses the GeoKeys now; xrdist interprets them below
+            geokeys = dict(full.geotiff_tags or {})
+            affine = affine_from_tags(geokeys)
+            attrs = _band_attrs(full, index.shape[0], geokeys)
+        except (tifffile.TiffFileError, *PARSE_ERRORS) as err:
+            raise _unreadable(path, err) from err
     with _tiles_lock:
         _tiles.setdefault(handle, {})[level] = index
     bands, height, width = index.shape
-    affine = affine_from_tags(geokeys)
     if affine is None:
         warnings.warn(
             f"{path!r} has no georeferencing: opened with pixel-index coordinates "
@@ -424,8 +453,12 @@ def walk(
             "north-up rasters only. Warp it first (e.g. gdalwarp)."
         )
     x, y = pixel_centres(affine, width, height)
-    attrs = _band_attrs(full, bands, geokeys)
-    crs = _crs(path, geokeys)
+    try:
+        crs = _crs(path, geokeys)
+    except PARSE_ERRORS as err:
+        if path in str(err):
+            raise
+        raise _unreadable(path, err) from err
     variables: dict[str, VariableDescription] = {
         "band": VariableDescription(
             "band",
