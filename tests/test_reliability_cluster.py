@@ -28,7 +28,7 @@ from test_reliability_stacks import reference_median
 import xrdist
 from xrdist.synthetic import write_stack
 
-pytestmark = [pytest.mark.reliability, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.reliability, pytest.mark.timeout(1200)]
 
 PAUSE = 0.2  # seconds each output chunk waits on its worker: the compute lasts a while
 
