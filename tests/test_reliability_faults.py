@@ -35,7 +35,7 @@ import xrdist
 from xrdist.array import FileChangedError
 from xrdist.synthetic import write_stack
 
-pytestmark = [pytest.mark.reliability, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.reliability, pytest.mark.timeout(1200)]
 
 
 # -- files changed while a compute reads them -------------------------------------------

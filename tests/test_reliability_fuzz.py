@@ -62,7 +62,7 @@ from xrdist.backend import (
 )
 from xrdist.synthetic import write_stack
 
-pytestmark = [pytest.mark.reliability, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.reliability, pytest.mark.timeout(3600)]
 
 CHILD = Path(__file__).with_name("fuzz_child.py")
 #: Exceptions a damaged file may raise (by class name, anywhere in the exception's MRO).

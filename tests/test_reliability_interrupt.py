@@ -27,7 +27,7 @@ from conftest import _data_files, open_fds
 import xrdist
 from xrdist.description import clear_descriptions
 
-pytestmark = [pytest.mark.reliability, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.reliability, pytest.mark.timeout(1200)]
 
 N_FILES, SIZE, MAXSIZE, MIN_ROUNDS = 60, 96, 16, 8
 
