@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import h5py
 import netCDF4  # noqa: F401  (puts its filter plugins on HDF5_PLUGIN_PATH for h5py)
 import numpy as np
@@ -242,3 +244,50 @@ def test_truncated_contiguous_variable_is_named(tmp_path):
             fh.truncate(offset + 1000)
         with pytest.raises(CorruptChunkError, match=r"cut\.h5.*'big'.*file ends"):
             read(f, None, "big", (slice(90_000, 90_010),))
+
+
+@pytest.mark.parametrize(
+    ("starts", "count", "expected"),
+    [
+        ([0], 4, [(0, 1)]),
+        # rows 16 elements apart, 4 read: gaps of 12 * 8 bytes, one read
+        ([0, 16, 32, 48], 4, [(0, 4)]),
+        # a gap above the limit splits
+        ([0, 16, 16 + 8192, 16 + 8192 + 16], 4, [(0, 2), (2, 4)]),
+        # a span above the read limit splits; a run longer than it stands alone
+        ([0, 1 << 20, 2 << 20, 3 << 20], 1 << 20, [(0, 2), (2, 4)]),
+        ([0, 3 << 20], 3 << 20, [(0, 1), (1, 2)]),
+    ],
+)
+def test_contiguous_runs_are_coalesced_within_limits(starts, count, expected):
+    from xrdist.byterange import CONTIGUOUS_MAX_GAP, CONTIGUOUS_MAX_READ, _coalesce
+
+    assert CONTIGUOUS_MAX_GAP == 32 * 1024 and CONTIGUOUS_MAX_READ == 16 << 20
+    assert _coalesce(np.array(starts), count, 8) == expected
+
+
+def test_contiguous_window_costs_one_read_per_file(tmp_path, monkeypatch):
+    """A 256-wide window of a 1024-wide image: one pread for the whole window, and the
+    values still equal h5py's."""
+    import xrdist.byterange as byterange
+
+    path = tmp_path / "image.h5"
+    image = np.arange(512 * 1024, dtype="<u2").reshape(512, 1024)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("image", data=image)
+    calls = []
+    real = os.pread
+
+    def counting_pread(fd, n, offset):
+        calls.append(n)
+        return real(fd, n, offset)
+
+    from xrdist.formats.h5pylib import read
+
+    with h5py.File(path, "r") as f:
+        monkeypatch.setattr(byterange.os, "pread", counting_pread)
+        got = read(f, None, "image", (slice(100, 356), slice(512, 768)))
+        monkeypatch.undo()
+    np.testing.assert_array_equal(got, image[100:356, 512:768])
+    assert len(calls) == 1
+    assert calls[0] == (255 * 1024 + 256) * 2
