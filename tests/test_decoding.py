@@ -164,3 +164,53 @@ def test_fuse_decoding_moves_known_functions_in_order() -> None:
     # a window already taken (not the whole array): nothing moves
     window = lazy_elemwise_func(lazy[indexing.BasicIndexer((slice(1, 3),))], mask, "f4")
     assert fuse_decoding(window) is window
+
+
+def _chains() -> list[tuple[str, str, tuple]]:
+    """(raw dtype, window dtype, xarray's functions): the chains xarray builds, and
+    dtype changes between steps (mask in float32, scale in float64)."""
+    from functools import partial
+
+    from xarray.coding.variables import _apply_mask, _scale_offset_decoding
+
+    nan = np.nan
+    return [
+        ("u2", "f4", (partial(_apply_mask, encoded_fill_values=[np.uint16(0)],
+                              decoded_fill_value=nan, dtype=np.float32),
+                      partial(_scale_offset_decoding, scale_factor=np.float32(1e-4),
+                              add_offset=None, dtype=np.float32))),
+        ("i2", "f8", (partial(_apply_mask, encoded_fill_values=[np.int16(-32768)],
+                              decoded_fill_value=nan, dtype=np.float32),
+                      partial(_scale_offset_decoding, scale_factor=0.01, add_offset=250.0,
+                              dtype=np.float64))),
+        ("i4", "f8", (partial(_scale_offset_decoding, scale_factor=None, add_offset=1.5,
+                              dtype=None),)),
+        ("f4", "f4", (partial(_apply_mask, encoded_fill_values=[np.float32(-999), -1.0],
+                              decoded_fill_value=nan, dtype=None),)),
+        ("i1", "f4", (partial(np.asarray, dtype="u1"),
+                      partial(_apply_mask, encoded_fill_values=[np.uint8(255)],
+                              decoded_fill_value=nan, dtype=np.float32))),
+        ("u2", "u2", ()),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(("raw_dtype", "dtype", "functions"), _chains(), ids=range(6))
+def test_decoding_into_the_window_is_bitwise_the_functions(raw_dtype, dtype, functions):
+    """decode_into, writing into a strided view of a bigger window, gives the bytes of
+    xarray's functions applied one after the other."""
+    from xrdist.decoding import decode_into
+
+    info = np.iinfo(raw_dtype) if np.dtype(raw_dtype).kind in "iu" else None
+    rng = np.random.default_rng(7)
+    raw = rng.integers(info.min if info else -1000, info.max if info else 1000, (3, 9, 7))
+    raw = raw.astype(raw_dtype)
+    raw.flat[::5] = {"u2": 0, "i2": -32768, "i1": -1, "f4": -999}.get(raw_dtype, 0)
+    raw.flat[1::7] = -1 if raw_dtype != "u2" else 1
+    expected = raw
+    for function in functions:
+        expected = function(expected)
+    window = np.full((3, 20, 7), 42, dtype=dtype)
+    decode_into(functions, raw, window[:, 2:20:2])
+    np.testing.assert_array_equal(_bits(window[:, 2:20:2]), _bits(expected.astype(dtype)))
+    assert expected.dtype == dtype
+    assert (window[:, 1::2] == 42).all() and (window[:, 0] == 42).all()  # nothing else

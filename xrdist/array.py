@@ -30,6 +30,7 @@ import numpy as np
 from xarray.backends import BackendArray
 from xarray.core import indexing
 
+from xrdist.decoding import decode_into
 from xrdist.formats import get_format
 from xrdist.identity import FileIdentity
 from xrdist.options import get_option
@@ -353,7 +354,12 @@ class StackArray(BackendArray):
             if self.in_files:
                 local = _local_key(positions[lo:hi] - self.starts[f])
                 file_key = (*key[:axis], local, *key[axis + 1 :])
-                out[tuple(where)] = self._read_file(f, file_key)
+                target = out[tuple(where)]
+                raw = self._read_raw(f, file_key)
+                if raw.shape == target.shape:
+                    decode_into(self.decode, raw, target)  # decoded straight into out
+                else:  # a part that does not fill its place: broadcast as numpy would
+                    target[...] = self._decoded(raw)
             else:
                 file_key = (*key[:axis], *key[axis + 1 :])
                 out[tuple(where)] = np.expand_dims(self._read_file(f, file_key), out_axis)
@@ -362,9 +368,14 @@ class StackArray(BackendArray):
         return out.squeeze(axis=out_axis) if dropped else out
 
     def _read_file(self, f: int, key: tuple[Any, ...]) -> np.ndarray:
-        data = read_window(
+        return self._decoded(self._read_raw(f, key))
+
+    def _read_raw(self, f: int, key: tuple[Any, ...]) -> np.ndarray:
+        return read_window(
             self.proxies[f], self.library, self.group, self.name, self.identities[f], key
         )
+
+    def _decoded(self, data: np.ndarray) -> np.ndarray:
         for function in self.decode:
             data = function(data)
         return data

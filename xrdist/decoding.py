@@ -79,3 +79,73 @@ def fuse_decoding(data: Any) -> Any:
     if with_decoding is None or node.key.tuple != whole:
         return data
     return indexing.LazilyIndexedArray(with_decoding(tuple(functions), data.dtype))
+
+
+def decode_into(
+    functions: tuple[Callable[..., Any], ...], raw: np.ndarray, out: np.ndarray
+) -> None:
+    """Write ``functions`` applied in order to ``raw`` into ``out`` (a view of the
+    caller's output, same shape): the same values, bit for bit, as the functions
+    themselves give.
+
+    xarray's masking and scale/offset each copy their input and make temporaries
+    (a converted copy, a comparison, a boolean-mask assignment, then another converted
+    copy), and the result is then copied into the window. Here the same conversions and
+    ufuncs run in place in ``out`` whenever its dtype is the step's dtype: one
+    conversion, the comparisons, one masked fill, the multiply and the add. Any other
+    function runs as it is. Thread-safe; writes only ``out``.
+    """
+    data = raw
+    for function in functions:
+        step = getattr(function, "func", None)
+        if step is _APPLY_MASK:
+            data = _mask_into(data, out, **function.keywords)  # type: ignore[attr-defined]
+        elif step is _SCALE_OFFSET:
+            data = _scale_offset_into(data, out, **function.keywords)  # type: ignore[attr-defined]
+        else:
+            data = function(data)
+    if data is not out:
+        out[...] = data
+
+
+_APPLY_MASK = getattr(cf_variables, "_apply_mask", None)
+_SCALE_OFFSET = getattr(cf_variables, "_scale_offset_decoding", None)
+
+
+def _buffer(data: np.ndarray, out: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``data`` converted to ``dtype`` (numpy's unsafe cast, as ``np.array(data,
+    dtype)`` and ``astype`` do), in ``out`` when it has that dtype."""
+    target = out if out.dtype == dtype else np.empty(data.shape, dtype)
+    if target is not data:
+        np.copyto(target, data, casting="unsafe")
+    return target
+
+
+def _mask_into(
+    data: np.ndarray,
+    out: np.ndarray,
+    encoded_fill_values: Any,
+    decoded_fill_value: Any,
+    dtype: Any,
+) -> np.ndarray:
+    """xarray's ``_apply_mask``, in ``out`` when the dtypes allow."""
+    data = _buffer(data, out, data.dtype if dtype is None else np.dtype(dtype))
+    if encoded_fill_values:
+        condition: Any = False
+        for fv in encoded_fill_values:
+            condition |= data == fv
+        np.copyto(data, decoded_fill_value, where=condition, casting="unsafe")
+    return data
+
+
+def _scale_offset_into(
+    data: np.ndarray, out: np.ndarray, scale_factor: Any, add_offset: Any, dtype: Any
+) -> np.ndarray:
+    """xarray's ``_scale_offset_decoding`` (``astype`` then in-place ``*=`` and
+    ``+=``: the same ufunc calls), in ``out`` when the dtypes allow."""
+    data = _buffer(data, out, np.dtype(dtype))  # astype(None) and np.dtype(None): float64
+    if scale_factor is not None:
+        np.multiply(data, scale_factor, out=data)
+    if add_offset is not None:
+        np.add(data, add_offset, out=data)
+    return data
