@@ -6,6 +6,11 @@ Usage: ``.venv/bin/python benchmarks/read_scaling.py STACK_FOLDER [--repeat 3]``
 Reduces ``refl`` with a sum (so that reading and decoding dominate) with
 ``chunks={"time": -1, "y": 256, "x": 256}`` (``--chunk`` sets y and x); ``--raw`` skips
 CF decoding.
+
+A second table times the steps of a read alone, without xrdist's per-file work (leases,
+checks, window assembly) or dask: the raw bytes of every on-disk chunk of one window are
+read once, then inflated, unshuffled and decoded over and over by 1 and 2 threads. Their
+speed-ups are the most a whole read can gain from a second core on this machine.
 """
 
 from __future__ import annotations
@@ -49,7 +54,69 @@ def main() -> int:
                     times.append(time.perf_counter() - t)
             path = "byte-range" if byte_range else "h5py"
             print(f"| {path} | {n} | {statistics.median(times):.2f} |", flush=True)
+    steps_alone(paths, args.repeat)
     return 0
+
+
+def steps_alone(paths: list[str], repeat: int) -> None:
+    """Print the 1- and 2-thread times of inflating, unshuffling and decoding the stored
+    chunks of the files' first on-disk chunk position, with no other work between."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    import h5py
+    import numpy as np
+
+    import xrdist
+    from xrdist.byterange import _inflate, _unshuffle
+    from xrdist.decoding import decode_into
+
+    raws, shape = [], None
+    for path in paths:
+        with h5py.File(path, "r") as f:
+            dset = f["refl"]
+            info = dset.id.get_chunk_info(0)
+            shape, dtype = dset.chunks, dset.dtype
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                raws.append(os.pread(fd, info.size, info.byte_offset))
+            finally:
+                os.close(fd)
+    size = int(np.prod(shape)) * dtype.itemsize
+    decode = xrdist.open_mfdataset(paths[:2]).refl.variable._data.array.decode
+    window = np.empty((2, *shape), "f4")
+
+    def inflate(_: int) -> None:
+        for raw in raws:
+            _inflate(raw, size)
+
+    plain = [_inflate(raw, size) for raw in raws]
+
+    def unshuffle(_: int) -> None:
+        for data in plain:
+            _unshuffle(data, dtype.itemsize)
+
+    values = [np.frombuffer(_unshuffle(d, dtype.itemsize), dtype).reshape(shape) for d in plain]
+
+    def decoded(worker: int) -> None:
+        for v in values:
+            decode_into(decode, v, window[worker])
+
+    print(f"\nSteps alone, {len(raws)} chunks of {shape}: seconds for 4 passes\n")
+    print("| step | 1 thread | 2 threads | speed-up |\n|---|---|---|---|")
+    with ThreadPoolExecutor(2) as pool:
+        for name, step in (("inflate", inflate), ("unshuffle", unshuffle), ("decode", decoded)):
+            one, two = [], []
+            for _ in range(repeat):
+                t = time.perf_counter()
+                for i in range(4):
+                    step(i % 2)
+                one.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                list(pool.map(step, [0, 1, 0, 1]))
+                two.append(time.perf_counter() - t)
+            a, b = statistics.median(one), statistics.median(two)
+            print(f"| {name} | {a:.3f} | {b:.3f} | {a / b:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
