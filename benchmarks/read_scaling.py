@@ -58,6 +58,10 @@ def main() -> int:
     return 0
 
 
+#: Passes over the chunks per timing of a step alone (long enough to time steadily).
+PASSES = 16
+
+
 def steps_alone(paths: list[str], repeat: int) -> None:
     """Print the 1- and 2-thread times of inflating, unshuffling and decoding the stored
     chunks of the files' first on-disk chunk position, with no other work between."""
@@ -102,18 +106,18 @@ def steps_alone(paths: list[str], repeat: int) -> None:
         for v in values:
             decode_into(decode, v, window[worker])
 
-    print(f"\nSteps alone, {len(raws)} chunks of {shape}: seconds for 4 passes\n")
+    print(f"\nSteps alone, {len(raws)} chunks of {shape}: seconds for {PASSES} passes\n")
     print("| step | 1 thread | 2 threads | speed-up |\n|---|---|---|---|")
     with ThreadPoolExecutor(2) as pool:
         for name, step in (("inflate", inflate), ("unshuffle", unshuffle), ("decode", decoded)):
             one, two = [], []
             for _ in range(repeat):
                 t = time.perf_counter()
-                for i in range(4):
+                for i in range(PASSES):
                     step(i % 2)
                 one.append(time.perf_counter() - t)
                 t = time.perf_counter()
-                list(pool.map(step, [0, 1, 0, 1]))
+                list(pool.map(step, [0, 1] * (PASSES // 2)))
                 two.append(time.perf_counter() - t)
             a, b = statistics.median(one), statistics.median(two)
             print(f"| {name} | {a:.3f} | {b:.3f} | {a / b:.2f} |", flush=True)
