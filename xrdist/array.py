@@ -353,32 +353,19 @@ class StackArray(BackendArray):
             where[out_axis] = slice(lo, hi)
             if self.in_files:
                 local = _local_key(positions[lo:hi] - self.starts[f])
-                file_key = (*key[:axis], local, *key[axis + 1 :])
-                target = out[tuple(where)]
-                raw = self._read_raw(f, file_key)
-                if raw.shape == target.shape:
-                    decode_into(self.decode, raw, target)  # decoded straight into out
-                else:  # a part that does not fill its place: broadcast as numpy would
-                    target[...] = self._decoded(raw)
-            else:
-                file_key = (*key[:axis], *key[axis + 1 :])
-                out[tuple(where)] = np.expand_dims(self._read_file(f, file_key), out_axis)
+                raw = self._read_raw(f, (*key[:axis], local, *key[axis + 1 :]))
+            else:  # the file's variable, repeated along the run
+                raw = self._read_raw(f, (*key[:axis], *key[axis + 1 :]))
+                raw = np.expand_dims(raw, out_axis)
+            decode_into(self.decode, raw, out[tuple(where)])  # decoded straight into out
 
         run_in_readers(read_run, bounds)  # each run writes its own slice of out
         return out.squeeze(axis=out_axis) if dropped else out
-
-    def _read_file(self, f: int, key: tuple[Any, ...]) -> np.ndarray:
-        return self._decoded(self._read_raw(f, key))
 
     def _read_raw(self, f: int, key: tuple[Any, ...]) -> np.ndarray:
         return read_window(
             self.proxies[f], self.library, self.group, self.name, self.identities[f], key
         )
-
-    def _decoded(self, data: np.ndarray) -> np.ndarray:
-        for function in self.decode:
-            data = function(data)
-        return data
 
     def __dask_tokenize__(self) -> tuple[Any, ...]:
         return (

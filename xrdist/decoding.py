@@ -85,8 +85,8 @@ def decode_into(
     functions: tuple[Callable[..., Any], ...], raw: np.ndarray, out: np.ndarray
 ) -> None:
     """Write ``functions`` applied in order to ``raw`` into ``out`` (a view of the
-    caller's output, same shape): the same values, bit for bit, as the functions
-    themselves give.
+    caller's output; ``raw`` is broadcast to its shape as numpy's assignment would): the
+    same values, bit for bit, as the functions themselves give.
 
     xarray's masking and scale/offset each copy their input and make temporaries
     (a converted copy, a comparison, a boolean-mask assignment, then another converted
