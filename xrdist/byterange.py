@@ -190,26 +190,26 @@ class ChunkIndex:
         return f"{self.path!r}, variable {self.name!r}, chunk {where}: {what}"
 
     def read_box(self, fd: int, box: tuple[slice, ...]) -> np.ndarray:
-        """The values in ``box`` (unit-step slices), from the chunks it touches."""
-        out = np.empty([s.stop - s.start for s in box], dtype=self.dtype)
-        if out.size == 0:
-            return out
+        """The values in ``box`` (unit-step slices), from the chunks it touches; a new,
+        writable array, or a writable view of the one chunk that holds the whole box."""
+        shape = [s.stop - s.start for s in box]
+        if 0 in shape:
+            return np.empty(shape, dtype=self.dtype)
         ranges = [
             range(s.start // c, (s.stop - 1) // c + 1)
             for s, c in zip(box, self.chunks, strict=True)
         ]
+        if all(len(r) == 1 for r in ranges):  # one chunk (a tile-aligned window): no copy
+            where = tuple(r.start for r in ranges)
+            chunk = self._chunk(fd, where)
+            inside = tuple(
+                slice(s.start - i * c, s.stop - i * c)
+                for s, i, c in zip(box, where, self.chunks, strict=True)
+            )
+            return chunk[inside] if chunk.flags.writeable else chunk[inside].copy()
+        out = np.empty(shape, dtype=self.dtype)
         for where in itertools.product(*ranges):
-            offset = int(self.offsets[where])
-            if offset < 0:
-                chunk = np.full(self.chunks, self.fill_value, dtype=self.dtype)
-            else:
-                size = int(self.sizes[where])
-                raw = os.pread(fd, size, offset)
-                if len(raw) != size:
-                    raise CorruptChunkError(
-                        self._where(where, f"file ends after {len(raw)} of {size} bytes")
-                    )
-                chunk = self.decode(raw, int(self.masks[where]), where)
+            chunk = self._chunk(fd, where)
             src, dst = [], []
             for axis, s in enumerate(box):
                 lo = where[axis] * self.chunks[axis]
@@ -218,6 +218,20 @@ class ChunkIndex:
                 dst.append(slice(a - s.start, b - s.start))
             out[tuple(dst)] = chunk[tuple(src)]
         return out
+
+    def _chunk(self, fd: int, where: tuple[int, ...]) -> np.ndarray:
+        """The stored chunk at chunk-grid index ``where``, decoded (the fill value if it
+        was never written)."""
+        offset = int(self.offsets[where])
+        if offset < 0:
+            return np.full(self.chunks, self.fill_value, dtype=self.dtype)
+        size = int(self.sizes[where])
+        raw = os.pread(fd, size, offset)
+        if len(raw) != size:
+            raise CorruptChunkError(
+                self._where(where, f"file ends after {len(raw)} of {size} bytes")
+            )
+        return self.decode(raw, int(self.masks[where]), where)
 
 
 @dataclass(frozen=True)
