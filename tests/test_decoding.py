@@ -56,7 +56,7 @@ def _write(folder: Path, dates: int = 6) -> list[str]:
 
 @pytest.fixture(scope="module")
 def paths(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    return _write(tmp_path_factory.mktemp("encodings"))
+    return _write(tmp_path_factory.mktemp("encodings"), dates=12)
 
 
 def _bits(values: np.ndarray) -> np.ndarray:
@@ -64,9 +64,16 @@ def _bits(values: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(values).view(np.uint8)
 
 
-@pytest.mark.parametrize("chunks", [{"time": 4, "y": -1, "x": -1}, None])
-def test_decoding_in_reads_is_bitwise_xarrays(paths: list[str], chunks: dict | None) -> None:
-    fused = xrdist.open_mfdataset(paths, concat_dim="time", combine="nested", chunks=chunks)
+@pytest.mark.parametrize("read_threads", [1, 2])
+@pytest.mark.parametrize("chunks", [{"time": 5, "y": -1, "x": -1}, None])
+def test_decoding_in_reads_is_bitwise_xarrays(
+    paths: list[str], chunks: dict | None, read_threads: int
+) -> None:
+    """Whatever the grouping of files decoded together (several per group with one
+    reader thread and 12 files, one per group with two: see ``decode_batches``)."""
+    with xrdist.set_options(read_threads=read_threads):
+        fused = xrdist.open_mfdataset(paths, concat_dim="time", combine="nested", chunks=chunks)
+        fused = fused.load()
     with xrdist.set_options(decode_in_readers=False):
         chained = xrdist.open_mfdataset(paths, concat_dim="time", combine="nested", chunks=chunks)
     with warnings.catch_warnings():
@@ -214,3 +221,45 @@ def test_decoding_into_the_window_is_bitwise_the_functions(raw_dtype, dtype, fun
     np.testing.assert_array_equal(_bits(window[:, 2:20:2]), _bits(expected.astype(dtype)))
     assert expected.dtype == dtype
     assert (window[:, 1::2] == 42).all() and (window[:, 0] == 42).all()  # nothing else
+
+
+def test_repeated_variables_decode_in_groups_of_files(tmp_path: Path) -> None:
+    """A variable without the concatenated dimension, repeated along it
+    (``data_vars="all"``), decodes bitwise as xarray's ``open_mfdataset`` decodes it, when
+    several files' parts are decoded together."""
+    paths = []
+    for t in range(9):
+        raw = np.full((NY, NX), 1000 + t, dtype="u2")
+        raw[0, :3] = 0  # the fill value
+        ds = xr.Dataset(
+            {"static": (("y", "x"), raw, {"scale_factor": np.float32(0.5), "_FillValue": 0})},
+            coords={"time": [t]},
+        )
+        ds["refl"] = (("time", "y", "x"), raw[None].astype("f4"))
+        paths.append(str(tmp_path / f"s{t}.nc"))
+        ds.to_netcdf(paths[-1], encoding={"static": {"dtype": "u2", "zlib": True}})
+    options = {"concat_dim": "time", "combine": "nested", "data_vars": "all"}
+    with xrdist.set_options(read_threads=1):
+        got = xrdist.open_mfdataset(paths, chunks={"time": -1}, **options)["static"].load()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        want = xr.open_mfdataset(paths, engine="netcdf4", **options)["static"].load()
+    assert got.dims == want.dims == ("time", "y", "x")
+    np.testing.assert_array_equal(_bits(got.values), _bits(want.values))
+
+
+def test_a_part_of_another_dtype_names_the_file(paths: list[str], monkeypatch) -> None:
+    """Files of one stack share each variable's dtype (the scan checks it); a part that
+    reads otherwise (a file rewritten in a way its size and time do not show) is an
+    error naming the file, not a silent conversion."""
+    ds = xrdist.open_mfdataset(paths, concat_dim="time", combine="nested", chunks=None)
+    stack = ds["packed_u2"].variable._data.array
+    read_raw = StackArray._read_raw
+
+    def read_raw_changed(self, f, key):
+        raw = read_raw(self, f, key)
+        return raw.astype("u4") if f == 1 else raw
+
+    monkeypatch.setattr(StackArray, "_read_raw", read_raw_changed)
+    with xrdist.set_options(read_threads=1), pytest.raises(ValueError, match=r"d1\.nc"):
+        stack[indexing.BasicIndexer((slice(None), slice(None), slice(None)))]

@@ -1,5 +1,5 @@
 """run_in_readers: one window's files read on every core a task leaves idle, with real
-threads."""
+threads; decode_batches: how a window's files are grouped for them."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import threading
 import pytest
 
 import xrdist
-from xrdist.array import run_in_readers
+from xrdist.array import decode_batches, run_in_readers
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -88,3 +88,24 @@ def test_a_reader_thread_never_waits_for_readers() -> None:
     with xrdist.set_options(read_threads=2):
         run_in_readers(outer, [0, 1])
     assert inner_names and len(set(inner_names)) == 1
+
+
+@pytest.mark.parametrize(
+    ("runs", "position_bytes", "budget", "least", "want"),
+    [
+        ([], 4, 100, 2, []),
+        ([(0, 1), (1, 2), (2, 3)], 10, 100, 1, [[(0, 1), (1, 2), (2, 3)]]),
+        # the budget splits: 30 bytes fit, the fourth run would make 40
+        ([(0, 1), (1, 2), (2, 3), (3, 4)], 10, 30, 1, [[(0, 1), (1, 2), (2, 3)], [(3, 4)]]),
+        # at least 2 groups for 2 readers, although the budget would allow one
+        ([(0, 1), (1, 2), (2, 3), (3, 4)], 10, 100, 2, [[(0, 1), (1, 2)], [(2, 3), (3, 4)]]),
+        # a run longer than the budget is a group alone
+        ([(0, 5), (5, 6), (6, 7)], 10, 20, 1, [[(0, 5)], [(5, 6), (6, 7)]]),
+        # more groups wanted than runs: one run each
+        ([(0, 2), (2, 4)], 1, 100, 8, [[(0, 2)], [(2, 4)]]),
+    ],
+)
+def test_decode_batches_group_consecutive_runs(runs, position_bytes, budget, least, want):
+    got = decode_batches(runs, position_bytes, budget, least)
+    assert got == want
+    assert [run for group in got for run in group] == runs  # every run once, in order

@@ -10,8 +10,10 @@ Notes
 -----
 Thread-safe: any number of threads may index one array at once. A :class:`StackArray`
 read hands the files of its window to the process's reader threads (option
-``read_threads``), so one window decodes on every core; each thread holds one file's
-window at a time, so memory in flight is bounded by ``read_threads`` windows. Picklable: they hold
+``read_threads``), so one window decodes on every core; each thread reads a group of
+consecutive files (:func:`decode_batches`) into one buffer and decodes it at once, so
+memory in flight is bounded by ``read_threads`` buffers of about
+:data:`DECODE_BATCH_BYTES`. Picklable: they hold
 :class:`~xrdist.proxy.HandleProxy` objects and the variable's name, shape and dtype,
 never a handle or data; unpickled in another process they read through that process's
 cache.
@@ -256,6 +258,46 @@ def _local_key(local: np.ndarray) -> slice | np.ndarray:
     return local
 
 
+def _along(ndim: int, axis: int, lo: int, hi: int) -> tuple[slice, ...]:
+    """The key of positions ``lo:hi`` along ``axis`` of an ``ndim``-dimensional array."""
+    return (slice(None),) * axis + (slice(lo, hi),) + (slice(None),) * (ndim - axis - 1)
+
+
+#: About the most output bytes a reader thread decodes at once. The raw parts of
+#: consecutive files are gathered into one buffer and decoded together: xarray's
+#: masking and scaling are a handful of ufunc calls, and made once per file they cost
+#: more in turns at the GIL between reader threads than in arithmetic.
+DECODE_BATCH_BYTES = 4194304
+
+
+def decode_batches(
+    runs: Sequence[tuple[int, int]], position_bytes: int, budget: int, least: int
+) -> list[list[tuple[int, int]]]:
+    """Consecutive ``runs`` (``(lo, hi)`` positions, one file each, in order) grouped for
+    reading and decoding together: each group spans at most ``budget`` bytes of output
+    at ``position_bytes`` per position (a longer run is a group alone), and there are
+    at least ``least`` groups when there are that many runs, so every reader thread
+    has work. Pure."""
+    if not runs:
+        return []
+    most_runs = max(1, -(-len(runs) // max(1, least)))
+    groups: list[list[tuple[int, int]]] = [[runs[0]]]
+    size = (runs[0][1] - runs[0][0]) * position_bytes
+    for run in runs[1:]:
+        more = (run[1] - run[0]) * position_bytes
+        if len(groups[-1]) >= most_runs or size + more > budget:
+            groups.append([run])
+            size = more
+        else:
+            groups[-1].append(run)
+            size += more
+    return groups
+
+
+def _threads() -> int:
+    return int(get_option("read_threads"))
+
+
 class StackArray(BackendArray):
     """One variable over files that follow each other along ``concat_axis``.
 
@@ -342,24 +384,46 @@ class StackArray(BackendArray):
         out_axis = sum(1 for n in lengths[:axis] if n is not None)
         files = np.searchsorted(self.starts, positions, side="right") - 1
         runs = np.flatnonzero(np.diff(files)) + 1
-        bounds = list(zip(np.r_[0, runs], np.r_[runs, len(files)], strict=True))
-        if next(_direction) % 2:
-            bounds.reverse()
+        bounds = list(zip(np.r_[0, runs].tolist(), np.r_[runs, len(files)].tolist(), strict=True))
+        position_bytes = out.nbytes // max(1, len(positions))
+        batches = decode_batches(bounds, position_bytes, DECODE_BATCH_BYTES, 4 * _threads())
+        backwards = bool(next(_direction) % 2)
+        if backwards:
+            batches.reverse()
 
-        def read_run(run: tuple[int, int]) -> None:
-            lo, hi = run
+        def read_part(lo: int, hi: int) -> np.ndarray:
+            """The raw values of one file's run of positions, shaped like out's slot."""
             f = int(files[lo])
-            where: list[Any] = [slice(None)] * out.ndim
-            where[out_axis] = slice(lo, hi)
             if self.in_files:
                 local = _local_key(positions[lo:hi] - self.starts[f])
-                raw = self._read_raw(f, (*key[:axis], local, *key[axis + 1 :]))
-            else:  # the file's variable, repeated along the run
-                raw = self._read_raw(f, (*key[:axis], *key[axis + 1 :]))
-                raw = np.expand_dims(raw, out_axis)
-            decode_into(self.decode, raw, out[tuple(where)])  # decoded straight into out
+                return self._read_raw(f, (*key[:axis], local, *key[axis + 1 :]))
+            raw = self._read_raw(f, (*key[:axis], *key[axis + 1 :]))
+            return np.expand_dims(raw, out_axis)  # the file's variable, repeated along the run
 
-        run_in_readers(read_run, bounds)  # each run writes its own slice of out
+        def read_batch(batch: list[tuple[int, int]]) -> None:
+            first, last = batch[0][0], batch[-1][1]
+            target = out[_along(out.ndim, out_axis, first, last)]
+            buffer: np.ndarray | None = None
+            for lo, hi in reversed(batch) if backwards else batch:
+                raw = read_part(lo, hi)
+                slot = _along(out.ndim, out_axis, lo - first, hi - first)
+                if not self.decode:
+                    target[slot] = raw
+                    continue
+                if buffer is None:
+                    buffer = np.empty(target.shape, raw.dtype)
+                try:
+                    np.copyto(buffer[slot], raw, casting="equiv")
+                except TypeError as err:
+                    raise ValueError(
+                        f"variable {self.name!r} of {self.proxies[int(files[lo])].path!r} "
+                        f"reads as {raw.dtype}, another file of the stack as {buffer.dtype}: "
+                        "the files changed since the stack was opened; open it again"
+                    ) from err
+            if buffer is not None:
+                decode_into(self.decode, buffer, target)  # decoded straight into out
+
+        run_in_readers(read_batch, batches)  # each batch writes its own slice of out
         return out.squeeze(axis=out_axis) if dropped else out
 
     def _read_raw(self, f: int, key: tuple[Any, ...]) -> np.ndarray:
