@@ -32,7 +32,7 @@ import numpy as np
 from xarray.backends import BackendArray
 from xarray.core import indexing
 
-from xrdist.decoding import decode_into
+from xrdist.decoding import converted_dtype, decode_into
 from xrdist.formats import get_format
 from xrdist.identity import FileIdentity
 from xrdist.options import get_option
@@ -401,27 +401,32 @@ class StackArray(BackendArray):
             return np.expand_dims(raw, out_axis)  # the file's variable, repeated along the run
 
         def read_batch(batch: list[tuple[int, int]]) -> None:
+            """Read a group of files' parts, then decode them together in place: each
+            part is converted into its slot of out as the first decoding step would
+            convert it (else gathered raw in a buffer), the other steps run once."""
             first, last = batch[0][0], batch[-1][1]
             target = out[_along(out.ndim, out_axis, first, last)]
-            buffer: np.ndarray | None = None
+            raw_dtype: np.dtype | None = None
+            buffer = target
             for lo, hi in reversed(batch) if backwards else batch:
                 raw = read_part(lo, hi)
                 slot = _along(out.ndim, out_axis, lo - first, hi - first)
                 if not self.decode:
                     target[slot] = raw
                     continue
-                if buffer is None:
-                    buffer = np.empty(target.shape, raw.dtype)
-                try:
-                    np.copyto(buffer[slot], raw, casting="equiv")
-                except TypeError as err:
+                if raw_dtype is None:
+                    raw_dtype = raw.dtype
+                    if converted_dtype(self.decode, raw_dtype) != out.dtype:
+                        buffer = np.empty(target.shape, raw_dtype)
+                elif not np.can_cast(raw.dtype, raw_dtype, casting="equiv"):
                     raise ValueError(
                         f"variable {self.name!r} of {self.proxies[int(files[lo])].path!r} "
-                        f"reads as {raw.dtype}, another file of the stack as {buffer.dtype}: "
+                        f"reads as {raw.dtype}, another file of the stack as {raw_dtype}: "
                         "the files changed since the stack was opened; open it again"
-                    ) from err
-            if buffer is not None:
-                decode_into(self.decode, buffer, target)  # decoded straight into out
+                    )
+                np.copyto(buffer[slot], raw, casting="unsafe")
+            if self.decode:
+                decode_into(self.decode, buffer, target)  # in place when buffer is target
 
         run_in_readers(read_batch, batches)  # each batch writes its own slice of out
         return out.squeeze(axis=out_axis) if dropped else out

@@ -108,6 +108,20 @@ def decode_into(
         out[...] = data
 
 
+def converted_dtype(functions: tuple[Callable[..., Any], ...], raw: np.dtype) -> np.dtype | None:
+    """The dtype that the first of ``functions`` converts data of dtype ``raw`` to (with
+    numpy's unsafe cast) before working on it in place, or None when it does not start
+    with such a conversion. Raw data converted to that dtype beforehand, in the output,
+    goes through ``decode_into(functions, out, out)`` with the same result."""
+    step = getattr(functions[0], "func", None) if functions else None
+    keywords = getattr(functions[0], "keywords", {}) if functions else {}
+    if step is _APPLY_MASK:
+        return raw if keywords.get("dtype") is None else np.dtype(keywords["dtype"])
+    if step is _SCALE_OFFSET:
+        return np.dtype(keywords.get("dtype"))  # None: float64, as astype(None)
+    return None
+
+
 _APPLY_MASK = getattr(cf_variables, "_apply_mask", None)
 _SCALE_OFFSET = getattr(cf_variables, "_scale_offset_decoding", None)
 
