@@ -196,6 +196,24 @@ def test_unaligned_request_warns_and_rechunks(stack):
     assert direct.encoding["xrdist_plan"].variables["refl"].strategy == "direct"
 
 
+def test_a_rechunk_moves_stored_values_and_decodes_after(stack):
+    """Packed uint16 decoded to floats: the rechunk moves the uint16 values (half the
+    memory and transfers) and each output chunk is decoded after it, bitwise as xarray
+    decodes."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", xrdist.AmplificationWarning)
+        ds = xrdist.open_mfdataset(stack, chunks={"time": -1, "y": 20, "x": 13})
+    data = ds.refl.data
+    assert data.dtype.kind == "f" and ds.refl.encoding["dtype"] == np.dtype("u2")
+    (rechunked,) = data.dask.dependencies[data.name]
+    assert rechunked.startswith("rechunk-")
+    block = dask.get(dict(data.__dask_graph__()), (rechunked, 0, 0, 0))
+    assert block.dtype == np.dtype("u2")  # stored values crossed the rechunk
+    want = reference(stack).refl.values
+    np.testing.assert_array_equal(data.compute(scheduler="threads"), want)
+    assert np.isnan(want).any()  # the fill value was decoded after the rechunk
+
+
 def test_plan_is_inspectable(stack):
     plan = xrdist.plan(stack, chunks={"time": -1, "y": TILE, "x": TILE})
     text = repr(plan)

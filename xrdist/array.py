@@ -321,6 +321,7 @@ class StackArray(BackendArray):
         "proxies",
         "shape",
         "starts",
+        "stored_dtype",
     )
 
     def __init__(
@@ -336,6 +337,7 @@ class StackArray(BackendArray):
         starts: Sequence[int],
         in_files: bool = True,
         decode: tuple[Callable[[np.ndarray], np.ndarray], ...] = (),
+        stored_dtype: np.dtype | None = None,
     ) -> None:
         self.proxies = tuple(proxies)
         self.identities = tuple(identities)
@@ -348,6 +350,8 @@ class StackArray(BackendArray):
         self.starts = np.asarray(starts, dtype=np.int64)
         self.in_files = in_files
         self.decode = decode
+        #: The dtype of the values as stored, before ``decode``.
+        self.stored_dtype = np.dtype(dtype if stored_dtype is None else stored_dtype)
 
     def with_decoding(
         self, functions: tuple[Callable[[np.ndarray], np.ndarray], ...], dtype: np.dtype
@@ -365,6 +369,22 @@ class StackArray(BackendArray):
             self.starts,
             self.in_files,
             self.decode + functions,
+            self.stored_dtype,
+        )
+
+    def undecoded(self) -> StackArray:
+        """The same files, read as stored: no decoding, ``stored_dtype``."""
+        return StackArray(
+            self.proxies,
+            self.identities,
+            self.library,
+            self.group,
+            self.name,
+            self.shape,
+            self.stored_dtype,
+            self.concat_axis,
+            self.starts,
+            self.in_files,
         )
 
     def __getitem__(self, key: indexing.ExplicitIndexer) -> Any:

@@ -178,3 +178,27 @@ def _scale_offset_into(
     if add_offset is not None:
         np.add(data, add_offset, out=data)
     return data
+
+
+def decode_block(block: np.ndarray, functions: tuple[Callable[..., Any], ...], dtype: Any) -> Any:
+    """``functions`` applied in order to one block of stored values, as a new array of
+    ``dtype`` (for ``dask.array.map_blocks``: values rechunked as stored, decoded after).
+    Picklable with its arguments; thread-safe."""
+    out = np.empty(block.shape, dtype)
+    decode_into(functions, block, out)
+    return out
+
+
+def stored_and_decoding(data: Any) -> tuple[Any, tuple[Callable[..., Any], ...]] | None:
+    """For a variable's ``data`` that is a whole backend array whose reads decode (a
+    :class:`~xrdist.array.StackArray` with decoding moved in): the same data lazily
+    indexed as stored, and the decoding functions; else None."""
+    if not isinstance(data, indexing.LazilyIndexedArray):
+        return None
+    array = data.array
+    undecoded = getattr(array, "undecoded", None)
+    functions = getattr(array, "decode", ())
+    whole = (slice(None),) * len(array.shape)
+    if undecoded is None or not functions or data.key.tuple != whole:
+        return None
+    return indexing.LazilyIndexedArray(undecoded()), tuple(functions)
