@@ -357,6 +357,15 @@ class StackArray(BackendArray):
         self, functions: tuple[Callable[[np.ndarray], np.ndarray], ...], dtype: np.dtype
     ) -> StackArray:
         """The same files, each part read decoded by ``functions`` into ``dtype``."""
+        return self._reading(dtype, self.decode + functions)
+
+    def undecoded(self) -> StackArray:
+        """The same files, read as stored: no decoding, ``stored_dtype``."""
+        return self._reading(self.stored_dtype, ())
+
+    def _reading(
+        self, dtype: np.dtype, decode: tuple[Callable[[np.ndarray], np.ndarray], ...]
+    ) -> StackArray:
         return StackArray(
             self.proxies,
             self.identities,
@@ -368,23 +377,8 @@ class StackArray(BackendArray):
             self.concat_axis,
             self.starts,
             self.in_files,
-            self.decode + functions,
+            decode,
             self.stored_dtype,
-        )
-
-    def undecoded(self) -> StackArray:
-        """The same files, read as stored: no decoding, ``stored_dtype``."""
-        return StackArray(
-            self.proxies,
-            self.identities,
-            self.library,
-            self.group,
-            self.name,
-            self.shape,
-            self.stored_dtype,
-            self.concat_axis,
-            self.starts,
-            self.in_files,
         )
 
     def __getitem__(self, key: indexing.ExplicitIndexer) -> Any:
