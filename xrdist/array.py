@@ -267,7 +267,7 @@ def _along(ndim: int, axis: int, lo: int, hi: int) -> tuple[slice, ...]:
 #: consecutive files are gathered into one buffer and decoded together: xarray's
 #: masking and scaling are a handful of ufunc calls, and made once per file they cost
 #: more in turns at the GIL between reader threads than in arithmetic.
-DECODE_BATCH_BYTES = 4194304
+DECODE_BATCH_BYTES = 4 * 2**20
 
 
 def decode_batches(

@@ -321,13 +321,11 @@ def _rechunked(
 ) -> Variable:
     """``var`` read in ``read`` chunks and rechunked to ``chunks`` (plan's method); as
     stored and decoded after the rechunk when decoding widens the values."""
-    found = stored_and_decoding(var._data)
-    stored = found[0].array.dtype if found is not None else None
-    if found is None or stored.itemsize >= var.dtype.itemsize:
-        with dask.config.set({"array.rechunk.method": plan.rechunk_method}):
-            return var.chunk(read).chunk(chunks)
-    data, functions = found
+    found = stored_and_decoding(var._data)  # the lazy array xarray's Variable wraps
     with dask.config.set({"array.rechunk.method": plan.rechunk_method}):
+        if found is None or found[0].array.dtype.itemsize >= var.dtype.itemsize:
+            return var.chunk(read).chunk(chunks)
+        data, functions = found
         moved = Variable(var.dims, data).chunk(read).chunk(chunks).data
     decoded = moved.map_blocks(
         decode_block, functions, var.dtype, dtype=var.dtype, name=f"decode-{moved.name}"
