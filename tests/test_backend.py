@@ -377,7 +377,7 @@ def test_auto_reads_plain_hdf5_and_enums_through_netcdf_c(tmp_path):
     import h5py
     import netCDF4
 
-    from xrdist.backend import describe_file
+    from xrdist.describing import describe_file
 
     plain = tmp_path / "plain.h5"
     with h5py.File(plain, "w") as f:
@@ -397,7 +397,7 @@ def test_auto_reads_plain_hdf5_and_enums_through_netcdf_c(tmp_path):
 
 
 def test_auto_prefers_h5py_for_netcdf4_files(corpus):
-    from xrdist.backend import describe_file
+    from xrdist.describing import describe_file
 
     assert describe_file(str(corpus["netcdf4"]), "auto", None).library == "h5py"
     assert describe_file(str(corpus["netcdf3"]), "auto", None).library == "netcdf4"
@@ -438,7 +438,7 @@ import os, xarray as xr
 os.environ["HDF5_PLUGIN_PATH"] = {str(tmp_path)!r}
 import h5py
 assert not h5py.h5z.filter_avail(32015)
-from xrdist.backend import describe_file
+from xrdist.describing import describe_file
 try:
     xr.open_dataset({str(plugin_file)!r}, engine="xrdist", library="h5py")
 except ValueError as err:
@@ -461,7 +461,7 @@ except OSError as err:
 def test_hdf5_user_block_of_any_size_is_recognised(tmp_path):
     import h5py
 
-    from xrdist.backend import sniff_format
+    from xrdist.describing import sniff_format
 
     path = tmp_path / "userblock.h5"
     with h5py.File(path, "w", userblock_size=8192) as f:

@@ -52,11 +52,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
-from xrdist.backend import (
+from xrdist.backend import XrdistBackendEntrypoint
+from xrdist.describing import (
     HDF5_MAGIC,
     NETCDF3_MAGICS,
     TIFF_MAGICS,
-    XrdistBackendEntrypoint,
     check_readable,
     sniff_format,
 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from xrdist.backend import DEFAULT_LIBRARY
+from xrdist.describing import DEFAULT_LIBRARY
 from xrdist.description import FileDescription
 
 
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
     paths = expand_paths(args.paths)
     if len(paths) == 1 and args.concat_dim is None:
-        from xrdist.backend import describe_file
+        from xrdist.describing import describe_file
         from xrdist.locks import canonical_path
 
         description = describe_file(canonical_path(paths[0]), args.library, None)

@@ -31,8 +31,9 @@ from dask.utils import parse_bytes
 from xarray import Dataset, Variable
 
 from xrdist.array import FileArray, StackArray
-from xrdist.backend import DEFAULT_LIBRARY, decode_dataset
+from xrdist.datasets import decode_dataset
 from xrdist.decoding import decode_block, stored_and_decoding
+from xrdist.describing import DEFAULT_LIBRARY
 from xrdist.formats import get_format
 from xrdist.labels import TimesSpec, band_of
 from xrdist.plan import (

@@ -2,7 +2,7 @@
 
 The same database keeps each file's decoded dataset per set of decoding options, so that
 reopening a file one by one skips xarray's decoding too (see
-:func:`xrdist.backend.decoded_dataset`).
+:func:`xrdist.datasets.decoded_dataset`).
 
 Opening a stack of thousands of files is dominated by reading each file's metadata. The
 in-memory cache of :mod:`xrdist.description` saves that within a process; this module
@@ -97,7 +97,7 @@ def _key(key: tuple[Any, ...], kind: str) -> str:
 
 
 #: What is stored: a file's description (:mod:`xrdist.description`), or a file's decoded,
-#: lazy dataset for one set of decoding options (:mod:`xrdist.backend`), keyed by
+#: lazy dataset for one set of decoding options (:mod:`xrdist.datasets`), keyed by
 #: ``(path, identity, library, group, *more)``.
 DESCRIPTION, DATASET = "description", "dataset"
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from xrdist.describing import describe_file
 from xrdist.description import FileDescription, VariableDescription
 from xrdist.labels import TimesSpec, file_times, has_time_tags
 
@@ -180,8 +181,6 @@ def describe_all(
 def _describe_missing(
     canonical: Sequence[str], library: str, group: str | None, parallel: bool
 ) -> list[FileDescription]:
-    from xrdist.backend import describe_file
-
     client = _active_client() if parallel else None
     if client is not None:
         futures = client.map(describe_file, canonical, library=library, group=group)
