@@ -33,6 +33,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from xrdist.window import chunk_part, chunk_ranges
+
 try:  # libdeflate: about twice zlib's speed when the output size is known
     from imagecodecs import deflate_decode as _deflate_decode
 except ImportError:  # pragma: no cover - imagecodecs is a dependency
@@ -195,29 +197,26 @@ class ChunkIndex:
         shape = [s.stop - s.start for s in box]
         if 0 in shape:
             return np.empty(shape, dtype=self.dtype)
-        ranges = [
-            range(s.start // c, (s.stop - 1) // c + 1)
-            for s, c in zip(box, self.chunks, strict=True)
-        ]
+        ranges = chunk_ranges(box, self.chunks)
         if all(len(r) == 1 for r in ranges):  # one chunk (a tile-aligned window): no copy
             where = tuple(r.start for r in ranges)
-            chunk = self._chunk(fd, where)
-            inside = tuple(
-                slice(s.start - i * c, s.stop - i * c)
-                for s, i, c in zip(box, where, self.chunks, strict=True)
-            )
-            return chunk[inside] if chunk.flags.writeable else chunk[inside].copy()
+            chunk = self._chunk(fd, where)[self._within(box, where)]
+            return chunk if chunk.flags.writeable else chunk.copy()
         out = np.empty(shape, dtype=self.dtype)
         for where in itertools.product(*ranges):
-            chunk = self._chunk(fd, where)
-            src, dst = [], []
-            for axis, s in enumerate(box):
-                lo = where[axis] * self.chunks[axis]
-                a, b = max(s.start, lo), min(s.stop, lo + self.chunks[axis])
-                src.append(slice(a - lo, b - lo))
-                dst.append(slice(a - s.start, b - s.start))
-            out[tuple(dst)] = chunk[tuple(src)]
+            part = chunk_part(box, where, self.chunks)
+            dst = tuple(
+                slice(p.start - s.start, p.stop - s.start) for p, s in zip(part, box, strict=True)
+            )
+            out[dst] = self._chunk(fd, where)[self._within(part, where)]
         return out
+
+    def _within(self, part: tuple[slice, ...], where: tuple[int, ...]) -> tuple[slice, ...]:
+        """``part`` (array indices, inside chunk ``where``) in the chunk's own indices."""
+        return tuple(
+            slice(p.start - i * c, p.stop - i * c)
+            for p, i, c in zip(part, where, self.chunks, strict=True)
+        )
 
     def _chunk(self, fd: int, where: tuple[int, ...]) -> np.ndarray:
         """The stored chunk at chunk-grid index ``where``, decoded (the fill value if it

@@ -51,6 +51,24 @@ def pick(data: np.ndarray, picks: list[Any]) -> np.ndarray:
     return data
 
 
+def chunk_ranges(box: tuple[slice, ...], chunks: tuple[int, ...]) -> list[range]:
+    """Per axis, the chunk-grid indices that ``box`` (unit-step slices) touches."""
+    return [
+        range(s.start // c, max(s.start, s.stop - 1) // c + 1)
+        for s, c in zip(box, chunks, strict=True)
+    ]
+
+
+def chunk_part(
+    box: tuple[slice, ...], where: tuple[int, ...], chunks: tuple[int, ...]
+) -> tuple[slice, ...]:
+    """The part of ``box`` inside the chunk at grid index ``where``, in array indices."""
+    return tuple(
+        slice(max(s.start, i * c), min(s.stop, (i + 1) * c))
+        for s, i, c in zip(box, where, chunks, strict=True)
+    )
+
+
 def failing_chunk(
     read: Callable[[tuple[slice, ...]], Any],
     box: tuple[slice, ...],
@@ -60,19 +78,12 @@ def failing_chunk(
     """After a read of ``box`` failed: read each on-disk chunk it touches on its own and
     return the chunk-grid index of the first that fails, or None (all read, or more than
     ``limit`` chunks to try). For error messages only: it re-reads the window."""
-    ranges = [
-        range(s.start // c, max(s.start, s.stop - 1) // c + 1)
-        for s, c in zip(box, chunks, strict=True)
-    ]
+    ranges = chunk_ranges(box, chunks)
     if int(np.prod([len(r) for r in ranges])) > limit:
         return None
     for where in itertools.product(*ranges):
-        part = tuple(
-            slice(max(s.start, i * c), min(s.stop, (i + 1) * c))
-            for s, i, c in zip(box, where, chunks, strict=True)
-        )
         try:
-            read(part)
+            read(chunk_part(box, where, chunks))
         except Exception:
             return where
     return None
