@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -127,3 +128,50 @@ def test_threads_and_processes_share_one_database(tmp_path: Path) -> None:
     info = description_cache_info()
     assert info["walks"] + info["loaded"] + info["datasets_loaded"] >= 60
     assert run(paths, folder)["walks"] == 0
+
+
+def test_stored_values_are_found_before_and_after_the_batch_is_written(tmp_path: Path) -> None:
+    from xrdist.identity import FileIdentity
+
+    path = write(tmp_path / "f.nc", np.zeros(3))
+    keys = [(path, FileIdentity.of(path), "test", f"g{i}") for i in range(50)]
+    with xrdist.set_options(description_cache_dir=str(tmp_path / "cache")):
+        values = [{"i": i} for i in range(50)]
+        for key, value in zip(keys, values, strict=True):
+            persist.store(key, value)
+        values[0]["i"] = "changed after it was stored"  # pickled when stored: not kept
+        assert [persist.load(key) for key in keys] == [{"i": i} for i in range(50)]
+        persist.flush()
+        assert not persist._pending.get(persist.database_path())
+        assert [persist.load(key) for key in keys] == [{"i": i} for i in range(50)]
+        with sqlite3.connect(persist.database_path()) as db:  # one row per value, on disk
+            assert db.execute("SELECT COUNT(*) FROM d").fetchone()[0] == 50
+        persist.store(keys[0], "waiting")
+        persist.clear()  # forgets what waits too
+        persist.flush()
+        assert persist.load(keys[0]) is None
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_does_not_write_what_its_parent_stored(tmp_path: Path) -> None:
+    from xrdist.identity import FileIdentity
+
+    path = write(tmp_path / "f.nc", np.zeros(3))
+    key = (path, FileIdentity.of(path), "test", None)
+    with xrdist.set_options(description_cache_dir=str(tmp_path / "cache")):
+        persist.flush()
+        persist._flush_lock.acquire()  # the parent's writer is busy: the child must not wait
+        try:
+            persist.store(key, "parent's")
+            pid = os.fork()
+            if pid == 0:  # child: nothing waits, and its own values are written
+                ok = not persist._pending and persist.load(key) is None
+                persist.store((*key[:3], "child"), "child's")
+                persist.flush()
+                os._exit(0 if ok else 1)
+            _, status = os.waitpid(pid, 0)
+        finally:
+            persist._flush_lock.release()
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert persist.load((*key[:3], "child")) == "child's"
+        assert persist.load(key) == "parent's"
