@@ -11,7 +11,7 @@ import pytest
 import xarray as xr
 
 import xrdist
-from xrdist.byterange import CorruptChunkError, _fletcher32, build_chunk_index
+from xrdist.byterange import CorruptChunkError, _fletcher32, _unshuffle, build_chunk_index
 from xrdist.formats.h5pylib import chunk_index, read_path
 
 SHAPE, CHUNKS = (37, 23), (8, 7)  # edge chunks on both axes
@@ -112,6 +112,17 @@ def test_bit_for_bit_with_h5py(h5file, fname, dtype):
             got = read(f, None, name, key)
             np.testing.assert_array_equal(got, expected)
             assert got.flags.writeable, key  # values handed to users can be changed
+
+
+@pytest.mark.parametrize("itemsize", [1, 2, 3, 4, 8])
+@pytest.mark.parametrize("leftover", [0, 1, 3])
+def test_unshuffle_puts_byte_b_of_element_i_from_plane_b(itemsize, leftover):
+    shuffled = np.random.default_rng(itemsize).integers(0, 256, 1000 * itemsize + leftover)
+    shuffled = shuffled.astype(np.uint8)
+    n = shuffled.size // itemsize  # whole elements
+    expected = [shuffled[b * n + i] for i in range(n) for b in range(itemsize)]
+    expected += list(shuffled[n * itemsize :])  # bytes past the last element: as they are
+    assert _unshuffle(shuffled.tobytes(), itemsize).tolist() == expected
 
 
 def test_unallocated_chunks_read_as_fill_value(h5file):
