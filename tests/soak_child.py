@@ -242,7 +242,9 @@ class Soak:
         xrdist.clear_cache()
         xrdist.reset_cache_info()
         before = set(threading.enumerate())
-        readers = xrdist.get_options()["read_threads"]
+        from xrdist.array import reader_threads
+
+        readers = reader_threads()
         monitor = threading.Thread(target=self.monitor, args=(config["threads"] + readers,))
         monitor.start()
         deadline = time.monotonic() + config["seconds"]

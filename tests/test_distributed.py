@@ -71,3 +71,28 @@ def test_unaligned_chunks_use_p2p_rechunk_on_a_cluster(client, stack):
     # the P2P rechunk moved the stored uint16 values; decoded after, bitwise xarray's
     moved = client.compute(ds.refl).result()
     np.testing.assert_array_equal(moved.values, reference(stack).refl.values)
+
+
+def test_a_worker_reads_with_its_own_threads_not_every_cpu():
+    """Reader threads default to the worker's threads: readers per CPU of the machine in
+    each of several workers would put workers x CPUs threads on the cores."""
+    from dask.system import CPU_COUNT
+
+    from xrdist.array import reader_threads
+
+    threads = 3 if CPU_COUNT != 3 else 2
+    with (
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=threads,
+            processes=True,
+            dashboard_address=":0",
+            silence_logs=40,
+        ) as cluster,
+        Client(cluster) as c,
+    ):
+        assert c.submit(reader_threads, pure=False).result() == threads
+        assert c.run(reader_threads).popitem()[1] == CPU_COUNT  # outside a task
+        c.run(xrdist.set_options, read_threads=1)  # the option wins
+        assert c.submit(reader_threads, pure=False).result() == 1
+    assert reader_threads() == CPU_COUNT  # here: no worker

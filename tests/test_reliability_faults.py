@@ -32,7 +32,7 @@ import tifffile
 import xarray as xr
 
 import xrdist
-from xrdist.array import FileChangedError
+from xrdist.array import FileChangedError, reader_threads
 from xrdist.synthetic import write_stack
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(1200)]
@@ -193,7 +193,7 @@ def test_files_changed_during_a_compute_raise_naming_them_or_read_right(
     assert counts["wrong"] == 0
     figures.unit, figures.operations = "computes", counts["rounds"]
     figures.files = N_FILES * (counts["rounds"] + 1)
-    figures.threads = 1 + 2 + xrdist.get_options()["read_threads"]
+    figures.threads = 1 + 2 + reader_threads()
     figures.faults = sum(by_kind.values())
     figures.failures = counts["wrong"]
     figures.notes.update(

@@ -12,7 +12,7 @@ Thread-safe: any number of threads may index one array at once. A :class:`StackA
 read hands the files of its window to the process's reader threads (option
 ``read_threads``), so one window decodes on every core; each thread reads a group of
 consecutive files (:func:`decode_batches`) into one buffer and decodes it at once, so
-memory in flight is bounded by ``read_threads`` buffers of about
+memory in flight is bounded by :func:`reader_threads` buffers of about
 :data:`DECODE_BATCH_BYTES`. Picklable: they hold
 :class:`~xrdist.proxy.HandleProxy` objects and the variable's name, shape and dtype,
 never a handle or data; unpickled in another process they read through that process's
@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+from dask.system import CPU_COUNT
 from xarray.backends import BackendArray
 from xarray.core import indexing
 
@@ -160,10 +162,27 @@ _pool_size = 0
 _pool_lock = threading.Lock()
 
 
+def reader_threads() -> int:
+    """How many threads read the files of one window here: the option ``read_threads``,
+    or by default the threads of the dask.distributed worker running this task, else
+    the CPUs this process may use."""
+    chosen = get_option("read_threads")
+    if chosen is not None:
+        return int(chosen)
+    if "distributed" in sys.modules:  # no worker can run here before it is imported
+        from distributed import get_worker
+
+        try:
+            return max(1, int(get_worker().state.nthreads))
+        except ValueError:  # not in a worker's task
+            pass
+    return CPU_COUNT
+
+
 def _reader_pool() -> ThreadPoolExecutor | None:
-    """The shared reader pool, or None when ``read_threads`` is 1."""
+    """The shared reader pool, or None when one thread reads."""
     global _pool, _pool_size
-    size = get_option("read_threads")
+    size = reader_threads()
     if size <= 1:
         return None
     with _pool_lock:
@@ -294,10 +313,6 @@ def decode_batches(
     return groups
 
 
-def _threads() -> int:
-    return int(get_option("read_threads"))
-
-
 class StackArray(BackendArray):
     """One variable over files that follow each other along ``concat_axis``.
 
@@ -400,7 +415,7 @@ class StackArray(BackendArray):
         runs = np.flatnonzero(np.diff(files)) + 1
         bounds = list(zip(np.r_[0, runs].tolist(), np.r_[runs, len(files)].tolist(), strict=True))
         position_bytes = out.nbytes // max(1, len(positions))
-        batches = decode_batches(bounds, position_bytes, DECODE_BATCH_BYTES, 4 * _threads())
+        batches = decode_batches(bounds, position_bytes, DECODE_BATCH_BYTES, 4 * reader_threads())
         backwards = bool(next(_direction) % 2)
         if backwards:
             batches.reverse()

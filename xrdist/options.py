@@ -56,7 +56,7 @@ _VALIDATORS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "file_cache_maxweight": (_positive_int_or_none, "a positive integer or None"),
     "warn_for_unclosed_files": (lambda v: isinstance(v, bool), "True or False"),
     "byte_range_reads": (lambda v: isinstance(v, bool), "True or False"),
-    "read_threads": (_positive_int, "a positive integer"),
+    "read_threads": (_positive_int_or_none, "a positive integer or None"),
     "decode_in_readers": (lambda v: isinstance(v, bool), "True or False"),
     "description_cache_dir": (
         lambda v: v is None or isinstance(v, str | os.PathLike),
@@ -69,7 +69,7 @@ _OPTIONS: dict[str, Any] = {
     "file_cache_maxweight": None,
     "warn_for_unclosed_files": False,
     "byte_range_reads": True,
-    "read_threads": os.cpu_count() or 1,
+    "read_threads": None,
     "decode_in_readers": True,
     "description_cache_dir": default_description_cache_dir() or None,
 }
@@ -122,9 +122,14 @@ class set_options:  # named like xarray.set_options, used like a function
     byte_range_reads : bool
         Read chunked HDF5/netCDF-4 variables by byte ranges and decode them outside
         HDF5's global lock (default True); False reads everything through h5py.
-    read_threads : int
-        Threads that read and decode the files of one window of a stack (default: the
-        number of CPUs; 1 reads them one after another in the calling thread).
+    read_threads : int or None
+        Threads that read and decode the files of one window of a stack; 1 reads them
+        one after another in the calling thread. Default None: on a dask.distributed
+        worker, the worker's threads (its share of the machine: readers per CPU of the
+        machine in each of several workers would crowd the cores with threads taking
+        turns at the GIL); elsewhere the CPUs this process may use (dask's count, which
+        honours CPU affinity and container quotas). See
+        :func:`xrdist.array.reader_threads`.
     decode_in_readers : bool
         Apply xarray's masking and scale/offset to each file's part of a stacked
         window as the reader threads read it (default True), instead of to the whole
