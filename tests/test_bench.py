@@ -43,7 +43,7 @@ def test_tiny_bench_agrees_and_xrdist_needs_fewer_tasks(tmp_path):
             "--workdir",
             str(tmp_path / "work"),
             "--json",
-            "bench.json",
+            "out/bench.json",  # a folder made before the runs
             "--markdown",
             "bench.md",
             "--plot",
@@ -54,7 +54,7 @@ def test_tiny_bench_agrees_and_xrdist_needs_fewer_tasks(tmp_path):
         text=True,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    report = json.loads((tmp_path / "bench.json").read_text())
+    report = json.loads((tmp_path / "out" / "bench.json").read_text())
     assert report["machine"]["cpu_count"] >= 1 and report["machine"]["versions"]["xarray"]
     assert report["command"].startswith("xrdist bench --dates 6 --size 64")
     assert list(report["layouts"]) == ["tiles", "cog"]

@@ -1071,8 +1071,21 @@ def reproduce(args: argparse.Namespace) -> str:
     return " ".join(shlex.quote(w) for w in words)
 
 
+def _make_output_folders(args: argparse.Namespace) -> None:
+    """Make the folders of ``--json``, ``--markdown`` and ``--plot`` before anything runs:
+    a path that cannot be written fails now, not after minutes of benchmarks."""
+    for option in ("json", "markdown", "plot"):
+        path = getattr(args, option, None)
+        if path:
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise SystemExit(f"--{option} {path}: cannot make its folder: {err}") from err
+
+
 def run(args: argparse.Namespace) -> int:
     """``xrdist bench``."""
+    _make_output_folders(args)
     if args.from_json:
         return write_outputs(merge_reports(args.from_json), args)
     if args.repeat < 1 or args.dates < 2 or args.size < 16:
