@@ -263,11 +263,7 @@ class Soak:
         gc.collect()
         end = time.monotonic() + 10
 
-        def busy() -> bool:  # open files, or the disk cache's writer still writing
-            writing = any(t.name == "xrdist-persist" for t in threading.enumerate())
-            return bool(data_fds() or xrdist.cache_info().open_now or writing)
-
-        while busy() and time.monotonic() < end:
+        while (data_fds() or xrdist.cache_info().open_now) and time.monotonic() < end:
             time.sleep(0.05)
         left = data_fds()
         extra = [t.name for t in threading.enumerate() if t not in before and t.is_alive()]

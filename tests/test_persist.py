@@ -130,48 +130,46 @@ def test_threads_and_processes_share_one_database(tmp_path: Path) -> None:
     assert run(paths, folder)["walks"] == 0
 
 
-def test_stored_values_are_found_before_and_after_the_batch_is_written(tmp_path: Path) -> None:
+def _rows(folder: Path) -> int:
+    with sqlite3.connect(folder / persist.DATABASE) as db:
+        return db.execute("SELECT COUNT(*) FROM d").fetchone()[0]
+
+
+def test_a_batch_is_written_in_one_go_when_it_ends(tmp_path: Path) -> None:
     from xrdist.identity import FileIdentity
 
     path = write(tmp_path / "f.nc", np.zeros(3))
     keys = [(path, FileIdentity.of(path), "test", f"g{i}") for i in range(50)]
-    with xrdist.set_options(description_cache_dir=str(tmp_path / "cache")):
+    folder = tmp_path / "cache"
+    with xrdist.set_options(description_cache_dir=str(folder)):
+        persist.store((path, FileIdentity.of(path), "test", "before"), 0)  # written at once
         values = [{"i": i} for i in range(50)]
-        for key, value in zip(keys, values, strict=True):
-            persist.store(key, value)
-        values[0]["i"] = "changed after it was stored"  # pickled when stored: not kept
+        with pytest.raises(KeyError), persist.batch():
+            for key, value in zip(keys, values, strict=True):
+                persist.store(key, value)
+            values[0]["i"] = "changed after it was stored"  # pickled when stored: not kept
+            assert [persist.load(key) for key in keys] == [{"i": i} for i in range(50)]
+            assert _rows(folder) == 1  # not written yet
+            raise KeyError("a failure later in the block")
+        assert _rows(folder) == 51  # written even so, when the block ended
         assert [persist.load(key) for key in keys] == [{"i": i} for i in range(50)]
-        persist.flush()
-        assert not persist._pending.get(persist.database_path())
-        assert [persist.load(key) for key in keys] == [{"i": i} for i in range(50)]
-        with sqlite3.connect(persist.database_path()) as db:  # one row per value, on disk
-            assert db.execute("SELECT COUNT(*) FROM d").fetchone()[0] == 50
-        persist.store(keys[0], "waiting")
-        persist.clear()  # forgets what waits too
-        persist.flush()
-        assert persist.load(keys[0]) is None
+
+
+def _open_and_sum(path: str) -> float:
+    with xr.open_dataset(path, engine="xrdist") as ds:
+        return float(ds["v"].sum())
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_a_forked_child_does_not_write_what_its_parent_stored(tmp_path: Path) -> None:
-    from xrdist.identity import FileIdentity
+def test_forked_pool_workers_keep_what_they_describe(tmp_path: Path) -> None:
+    """Processes forked by multiprocessing end without running exit handlers: their
+    values must be on disk by the time each open returns."""
+    import multiprocessing
 
-    path = write(tmp_path / "f.nc", np.zeros(3))
-    key = (path, FileIdentity.of(path), "test", None)
-    with xrdist.set_options(description_cache_dir=str(tmp_path / "cache")):
-        persist.flush()
-        persist._flush_lock.acquire()  # the parent's writer is busy: the child must not wait
-        try:
-            persist.store(key, "parent's")
-            pid = os.fork()
-            if pid == 0:  # child: nothing waits, and its own values are written
-                ok = not persist._pending and persist.load(key) is None
-                persist.store((*key[:3], "child"), "child's")
-                persist.flush()
-                os._exit(0 if ok else 1)
-            _, status = os.waitpid(pid, 0)
-        finally:
-            persist._flush_lock.release()
-        assert os.waitstatus_to_exitcode(status) == 0
-        assert persist.load((*key[:3], "child")) == "child's"
-        assert persist.load(key) == "parent's"
+    paths = [write(tmp_path / f"f{i}.nc", np.arange(3.0) + i) for i in range(8)]
+    folder = tmp_path / "cache"
+    with xrdist.set_options(description_cache_dir=str(folder)):
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            sums = pool.map(_open_and_sum, paths)
+        assert sums == [3.0 + 3 * i for i in range(8)]
+        assert _rows(folder) == 16  # a description and a decoded dataset per file

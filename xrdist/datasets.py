@@ -187,10 +187,11 @@ def decoded_dataset(
         found = persist.load(key, persist.DATASET)
         if found is not None:
             return found
-    description = describe_file(path, library, group)
-    found = description.library, dataset_from_description(description, **decode)
-    if options is not None:
-        key = (path, description.identity, library, group, options, xr_version)
-        _set_accessor_cache(found[1])
-        persist.store(key, found, persist.DATASET)
+    with persist.batch():  # the description and the dataset: one transaction
+        description = describe_file(path, library, group)
+        found = description.library, dataset_from_description(description, **decode)
+        if options is not None:
+            key = (path, description.identity, library, group, options, xr_version)
+            _set_accessor_cache(found[1])
+            persist.store(key, found, persist.DATASET)
     return found

@@ -19,31 +19,31 @@ locked or damaged, it is skipped (with one warning) and files are walked as befo
 Values are pickles written by this user's own processes; point the option at a folder
 only you can write.
 
-Values are pickled when they are stored (so later changes to them are not kept) and
-written in batches, one transaction per batch, by a background thread a moment later;
-:func:`flush` writes what is waiting at once, and runs at exit. A value waiting to be
-written is found by :func:`load` in this process; another process sees it after the
-flush. Writing a value per open, in the opening thread, cost about a sixth of a small
-file's first open.
+Values are pickled when they are stored (later changes to them are not kept) and written
+in the storing thread: at once, or, inside :func:`batch`, all together in one transaction
+when the block ends (opening a file stores its description and its decoded dataset in
+one; scanning a stack, every file's description in one). A transaction per value cost a
+sixth of a small file's first open. Nothing is written from another thread, so a forked
+process never inherits SQLite in the middle of a write.
 
 Notes
 -----
 Thread-safe and process-safe: one SQLite connection per thread and process (WAL
-journal, so readers never wait for writers). A forked child starts with nothing
-waiting (its parent writes its own values).
+journal, so readers never wait for writers).
 """
 
 from __future__ import annotations
 
-import atexit
 import collections
+import contextlib
+import contextvars
 import functools
 import os
 import pickle
 import sqlite3
 import threading
-import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,18 +54,14 @@ from xrdist.options import get_option
 SCHEMA = 2
 DATABASE = f"descriptions-v{SCHEMA}.sqlite"
 
-#: How long a stored value waits for others, so that one transaction writes them all.
-WRITE_DELAY = 0.05
-
 _local = threading.local()
 _warned = [False]
-#: Values found on disk since this process started, by kind (for statistics and tests).
+#: Values found in the cache since this process started, by kind (for statistics and tests).
 loaded: collections.Counter[str] = collections.Counter()
-#: Pickles stored but not written yet, by database and key.
-_pending: dict[Path, dict[str, bytes]] = {}
-_pending_lock = threading.Lock()
-_flush_lock = threading.Lock()
-_writer: list[threading.Thread] = []
+#: The values stored inside the innermost :func:`batch` block, not written yet.
+_batch: contextvars.ContextVar[dict[tuple[Path, str], bytes] | None] = contextvars.ContextVar(
+    "xrdist_persist_batch", default=None
+)
 
 
 def _version() -> str:
@@ -97,12 +93,12 @@ def _connection(path: Path) -> sqlite3.Connection:
     return _local.db
 
 
-def _skip(err: Exception) -> None:
+def _skip(err: Exception, path: Path | None = None) -> None:
     if not _warned[0]:
         _warned[0] = True
         warnings.warn(
-            f"xrdist's description cache at {database_path()} is not usable ({err}); "
-            "files are described without it. Set xrdist.set_options("
+            f"xrdist's description cache at {path or database_path()} is not usable "
+            f"({err}); files are described without it. Set xrdist.set_options("
             "description_cache_dir=...) to another folder, or None to silence this.",
             RuntimeWarning,
             stacklevel=4,
@@ -130,8 +126,7 @@ def load(key: tuple[Any, ...], kind: str = DESCRIPTION) -> Any | None:
         return None
     text = _key(key, kind)
     try:
-        with _pending_lock:
-            blob = _pending.get(path, {}).get(text)
+        blob = (_batch.get() or {}).get((path, text))
         if blob is None:
             row = _connection(path).execute("SELECT value FROM d WHERE key = ?", (text,))
             blob = (row.fetchone() or (None,))[0]
@@ -141,91 +136,67 @@ def load(key: tuple[Any, ...], kind: str = DESCRIPTION) -> Any | None:
         loaded[kind] += 1
         return value
     except (sqlite3.Error, OSError, pickle.UnpicklingError, EOFError, AttributeError) as err:
-        _skip(err)
+        _skip(err, path)
         return None
 
 
 def store(key: tuple[Any, ...], value: Any, kind: str = DESCRIPTION) -> None:
-    """Keep ``value`` for later processes (best effort): pickled now, written to disk by
-    the background writer a moment later (see :func:`flush`)."""
+    """Keep ``value`` for later processes (best effort): pickled now, written now or, in
+    a :func:`batch` block, when the block ends."""
     path = database_path()
     if path is None:
         return
     try:
         blob = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
     except (pickle.PicklingError, TypeError, AttributeError) as err:
-        _skip(err)
+        _skip(err, path)
         return
-    with _pending_lock:
-        _pending.setdefault(path, {})[_key(key, kind)] = blob
-        if not _writer:
-            writer = threading.Thread(target=_write_later, name="xrdist-persist", daemon=True)
-            _writer.append(writer)
-            writer.start()
+    pending = _batch.get()
+    if pending is not None:
+        pending[path, _key(key, kind)] = blob
+    else:
+        _write({(path, _key(key, kind)): blob})
 
 
-def _write_later() -> None:
-    """The background writer: waits :data:`WRITE_DELAY` for more values, writes all that
-    wait, and ends when no more came meanwhile (the next store starts another)."""
-    while True:
-        time.sleep(WRITE_DELAY)
-        flush()
-        with _pending_lock:
-            if not any(_pending.values()):
-                _writer.clear()
-                return
+@contextlib.contextmanager
+def batch() -> Iterator[None]:
+    """Write the values stored inside the block in one transaction (per database) when
+    it ends, even if it raises. Stores in threads that run a copy of this context
+    (``contextvars.copy_context().run``) join the batch; a nested block joins the outer
+    one. Values stored in the block are found by :func:`load` in it."""
+    if _batch.get() is not None:
+        yield
+        return
+    pending: dict[tuple[Path, str], bytes] = {}
+    token = _batch.set(pending)
+    try:
+        yield
+    finally:
+        _batch.reset(token)
+        _write(pending)
 
 
-def flush() -> None:
-    """Write every stored value still waiting, now, one transaction per database.
-
-    Runs in the background writer and at exit; call it before another process must see
-    what this one stored. Thread-safe.
-    """
-    with _flush_lock:
-        with _pending_lock:
-            batches = {path: dict(values) for path, values in _pending.items() if values}
-        for path, values in batches.items():
-            try:
-                db = _connection(path)
+def _write(values: dict[tuple[Path, str], bytes]) -> None:
+    """One transaction per database for ``values`` (best effort)."""
+    by_path: dict[Path, list[tuple[str, bytes]]] = {}
+    for (path, text), blob in values.items():
+        by_path.setdefault(path, []).append((text, blob))
+    for path, rows in by_path.items():
+        try:
+            db = _connection(path)
+            with db:  # a transaction: committed, or rolled back on an error
                 db.execute("BEGIN")
-                try:
-                    db.executemany(
-                        "INSERT OR REPLACE INTO d (key, value) VALUES (?, ?)", values.items()
-                    )
-                    db.execute("COMMIT")
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-            except (sqlite3.Error, OSError) as err:
-                _skip(err)
-            with _pending_lock:  # written (or given up): forget those not stored anew since
-                waiting = _pending.get(path, {})
-                for text, blob in values.items():
-                    if waiting.get(text) is blob:
-                        del waiting[text]
+                db.executemany("INSERT OR REPLACE INTO d VALUES (?, ?)", rows)
+        except (sqlite3.Error, OSError) as err:
+            _skip(err, path)
 
 
 def clear() -> None:
-    """Forget every stored description (of every process using this folder)."""
+    """Forget every stored description and dataset (of every process using this folder)."""
     path = database_path()
     if path is None:
         return
-    with _flush_lock:  # not while a batch is being written: it would come back
-        with _pending_lock:
-            _pending.pop(path, None)
-        try:
-            _connection(path).execute("DELETE FROM d")
-        except (sqlite3.Error, OSError) as err:
-            _skip(err)
-
-
-def _forget_after_fork() -> None:
-    global _pending_lock, _flush_lock
-    _pending.clear()
-    _writer.clear()
-    _pending_lock, _flush_lock = threading.Lock(), threading.Lock()
-
-
-atexit.register(flush)
-os.register_at_fork(after_in_child=_forget_after_fork)
+    try:
+        _connection(path).execute("DELETE FROM d")
+    except (sqlite3.Error, OSError) as err:
+        _skip(err, path)

@@ -15,6 +15,7 @@ Thread-safe. A :class:`Stack` is immutable and picklable.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import glob
 import hashlib
@@ -29,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from xrdist import persist
 from xrdist.describing import describe_file
 from xrdist.description import FileDescription, VariableDescription
 from xrdist.labels import TimesSpec, file_times, has_time_tags
@@ -185,10 +187,16 @@ def _describe_missing(
     if client is not None:
         futures = client.map(describe_file, canonical, library=library, group=group)
         return list(client.gather(futures))
-    if parallel and len(canonical) > 1:
-        with ThreadPoolExecutor(min(16, len(canonical))) as pool:
-            return list(pool.map(lambda p: describe_file(p, library, group), canonical))
-    return [describe_file(p, library, group) for p in canonical]
+    with persist.batch():  # every description stored in one transaction
+        if parallel and len(canonical) > 1:
+            context = contextvars.copy_context()  # the threads store into the batch
+
+            def describe_one(path: str) -> FileDescription:
+                return context.copy().run(describe_file, path, library, group)
+
+            with ThreadPoolExecutor(min(16, len(canonical))) as pool:
+                return list(pool.map(describe_one, canonical))
+        return [describe_file(p, library, group) for p in canonical]
 
 
 def _digest(values: np.ndarray) -> str:
