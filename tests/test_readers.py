@@ -109,3 +109,26 @@ def test_decode_batches_group_consecutive_runs(runs, position_bytes, budget, lea
     got = decode_batches(runs, position_bytes, budget, least)
     assert got == want
     assert [run for group in got for run in group] == runs  # every run once, in order
+
+
+def test_callers_wanting_different_sizes_share_one_pool() -> None:
+    """Threads of one process may want different reader counts (a distributed worker's
+    tasks, the process's own threads): the pool grows to the largest and is kept, and
+    each call gets at most its own count of threads."""
+    from xrdist import array
+
+    seen: list[set[str]] = []
+
+    def read_with(threads: int) -> None:
+        names: set[str] = set()
+        with xrdist.set_options(read_threads=threads):
+            run_in_readers(lambda _: names.add(threading.current_thread().name), range(50))
+        seen.append(names)
+
+    read_with(3)
+    pool = array._pool
+    for threads in (2, 3, 1, 2, 3):
+        read_with(threads)
+        assert array._pool is pool
+    assert all(len(names) <= n for names, n in zip(seen, (3, 2, 3, 1, 2, 3), strict=True))
+    assert seen[3] == {threading.current_thread().name}  # read_threads=1: the caller alone

@@ -179,17 +179,19 @@ def reader_threads() -> int:
     return CPU_COUNT
 
 
-def _reader_pool() -> ThreadPoolExecutor | None:
-    """The shared reader pool, or None when one thread reads."""
+def _reader_pool(size: int) -> ThreadPoolExecutor | None:
+    """The shared reader pool, with at least ``size`` threads; None when ``size`` is 1.
+
+    The pool only grows: threads of one process may want different sizes (the tasks of
+    a dask.distributed worker, and the process's own threads), and replacing it for each
+    would make a pool per call. A replaced pool is not shut down (a call may still be
+    submitting to it); its idle threads end once nothing refers to it."""
     global _pool, _pool_size
-    size = reader_threads()
     if size <= 1:
         return None
     with _pool_lock:
-        if _pool is None or _pool_size != size:
-            old, _pool, _pool_size = _pool, ThreadPoolExecutor(size, "xrdist-read"), size
-            if old is not None:
-                old.shutdown(wait=False)
+        if _pool is None or _pool_size < size:
+            _pool, _pool_size = ThreadPoolExecutor(size, "xrdist-read"), size
         return _pool
 
 
@@ -214,7 +216,8 @@ def run_in_readers(function: Any, items: Sequence[Any]) -> None:
     """
     global _busy
     in_reader = threading.current_thread().name.startswith("xrdist-read")
-    pool = _reader_pool() if len(items) > 1 and not in_reader else None
+    size = reader_threads()
+    pool = _reader_pool(size) if len(items) > 1 and not in_reader else None
     if pool is None:
         for item in items:
             function(item)
@@ -237,7 +240,7 @@ def run_in_readers(function: Any, items: Sequence[Any]) -> None:
 
     with _busy_lock:
         _busy += 1
-        spare = _pool_size - _busy
+        spare = size - _busy
     try:
         helpers = [pool.submit(work) for _ in range(max(0, min(spare, len(items) - 1)))]
         try:
