@@ -46,6 +46,29 @@ def test_info_shows_variables_chunks_and_the_plan(tmp_path):
     assert "refl: rechunk" in out.stdout and "amplification 2.25 > 1.5" in out.stdout
     single = xrdist("info", str(next((tmp_path / "s").glob("*.nc"))), cwd=tmp_path)
     assert single.returncode == 0 and "read with h5py" in single.stdout
+    # an unquoted glob (the shell's list of files) and a budget with units
+    files = sorted(str(p) for p in (tmp_path / "s").glob("*.nc"))
+    listed = xrdist("info", *files, "--max-mem", "64MiB", cwd=tmp_path)
+    assert listed.returncode == 0 and "4 files stacked along 'time'" in listed.stdout
+    assert "max_mem 64.0 MiB" in listed.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nothing-here/*.nc"], "no files match the pattern 'nothing-here/*.nc'"),
+        (["s/*.nc", "--chunks", "time=-1,lat=50"], "dimensions ['lat'] that the dataset"),
+        (["s/*.nc", "--max-mem", "lots"], "max_mem='lots': give a positive number"),
+    ],
+)
+def test_info_errors_are_one_line_naming_what_to_fix(tmp_path, args, message):
+    from xrdist.synthetic import write_stack
+
+    write_stack(tmp_path / "s", dates=2, size=32, tile=16)
+    out = xrdist("info", *args, cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.startswith("xrdist info: error: ") and message in out.stderr
+    assert "Traceback" not in out.stderr and out.stderr.count("\n") == 1
 
 
 @pytest.mark.timeout(300)

@@ -288,6 +288,60 @@ def test_duplicate_times_are_named(tmp_path):
 def test_no_files_match(tmp_path):
     with pytest.raises(FileNotFoundError, match="no files match the pattern"):
         xrdist.open_mfdataset(str(tmp_path / "*.nc"))
+    with pytest.raises(IsADirectoryError, match=r"is a folder: pass a glob .*\*\.nc"):
+        xrdist.open_mfdataset(tmp_path)
+
+
+def test_paths_under_home_are_expanded_and_urls_refused(stack, monkeypatch):
+    home = Path(stack[0]).parent
+    monkeypatch.setenv("HOME", str(home))
+    name = Path(stack[0]).name
+    one = xr.open_dataset(f"~/{name}", engine="xrdist")
+    assert one.encoding["source"] == str(Path(stack[0]).resolve())
+    assert xrdist.open_mfdataset("~/*.nc").sizes["time"] == len(stack)
+    with pytest.raises(ValueError, match="is a URL: xrdist reads local files"):
+        xr.open_dataset("https://example.com/a.nc", engine="xrdist")
+    with pytest.raises(ValueError, match="is a URL"):
+        xrdist.open_mfdataset(["s3://bucket/a.nc", "s3://bucket/b.nc"])
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "words"),
+    [
+        ({"library": "h5"}, ValueError, r"choose one of \('auto'"),
+        ({"times": ["2000-01-01"] * 8}, ValueError, "times= labels files that have no 'time'"),
+        ({"concat_dim": "times"}, xrdist.StackError, r"no dimension 'times' to order them by"),
+        (
+            {"concat_dim": "times", "combine": "nested"},
+            xrdist.StackError,
+            "the files have no dimension 'times', so they are stacked along a new one",
+        ),
+        ({"overview_level": 0}, ValueError, "overview_level= reads the overviews of a TIFF"),
+        ({"chunks": "auto", "max_mem": "lots"}, ValueError, "max_mem='lots': give a positive"),
+        ({"chunks": "auto", "max_mem": 0}, ValueError, "max_mem=0: give a positive"),
+        (
+            {"chunks": {"y": 8}, "amplification_threshold": 0.5},
+            ValueError,
+            "amplification_threshold=0.5: .* at least 1",
+        ),
+    ],
+)
+def test_bad_options_are_refused_saying_what_to_do(stack, options, error, words):
+    with pytest.raises(error, match=words):
+        xrdist.open_mfdataset(stack, **options)
+
+
+def test_max_mem_takes_units_like_dask(stack):
+    plan = xrdist.plan(stack, chunks="auto", max_mem="64MiB")
+    assert plan.max_mem == 64 * 2**20
+
+
+def test_tiff_and_netcdf_files_do_not_stack(stack, tmp_path):
+    from xrdist.synthetic import write_stack as write_scenes
+
+    tif = write_scenes(tmp_path / "cog", dates=2, size=32, tile=16, file_format="cog")[0]
+    with pytest.raises(xrdist.StackError, match=r"the files mix TIFF \(.*\) and netCDF"):
+        xrdist.open_mfdataset([tif, *stack[:2]], concat_dim="time")
 
 
 def test_small_data_variables_that_differ_are_stacked_per_file(tmp_path):

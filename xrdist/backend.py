@@ -28,6 +28,7 @@ from xrdist.describing import (
     NETCDF_EXTENSIONS,
     TIFF_EXTENSIONS,
     describe_file,
+    local_path,
     sniff_format,
 )
 from xrdist.formats import get_format
@@ -141,7 +142,7 @@ class XrdistBackendEntrypoint(BackendEntrypoint):
                 "engine='xrdist' opens local files by path, a list of paths or a glob "
                 f"pattern; got {type(filename_or_obj)}"
             )
-        path = canonical_path(filename_or_obj)
+        path = canonical_path(local_path(filename_or_obj))
         reader, ds = decoded_dataset(path, library, group, **decode)
         ds.set_close(get_format(reader).proxy(path).close)
         return ds
@@ -155,7 +156,7 @@ class XrdistBackendEntrypoint(BackendEntrypoint):
         **decode: Any,
     ) -> dict[str, Dataset]:
         """Every group of the file (below ``group``), by path, as ``open_dataset`` opens it."""
-        path = canonical_path(filename_or_obj)
+        path = canonical_path(local_path(filename_or_obj))
         root = "/" + (group or "").strip("/")
         out: dict[str, Dataset] = {}
         pending = [root]

@@ -64,6 +64,18 @@ def sniff_format(path: str) -> str | None:
     return None
 
 
+def local_path(path: str | os.PathLike[str]) -> str:
+    """``path`` as a local path, ``~`` expanded (as xarray does); a URL is refused with
+    an error that says what to do (xrdist reads local files, by byte ranges)."""
+    text = os.fspath(path)
+    if "://" in text:
+        raise ValueError(
+            f"{text!r} is a URL: xrdist reads local files (and files on mounted network "
+            "file systems). Download it first, or open it with engine='h5netcdf' and fsspec."
+        )
+    return os.path.expanduser(text)
+
+
 def check_readable(path: str) -> str:
     """Raise a clear error naming ``path`` if it is not a netCDF/HDF5/TIFF file we can
     open; return its format (see :func:`sniff_format`)."""
@@ -169,6 +181,13 @@ def _walk_auto(path: str, group: str | None) -> FileDescription:
     return dataclasses.replace(description, library="h5py")
 
 
+def _overview_prefix() -> str:
+    """The group prefix of a TIFF's overviews (imported only when a group is given)."""
+    from xrdist.formats.tifflib import OVERVIEW_PREFIX
+
+    return OVERVIEW_PREFIX
+
+
 def describe_file(path: str, library: str, group: str | None) -> FileDescription:
     """The (cached) description of one group of one file. ``library="auto"`` picks h5py
     for netCDF-4 files, netCDF-C for netCDF-3 files and layouts h5py cannot describe, and
@@ -184,6 +203,11 @@ def describe_file(path: str, library: str, group: str | None) -> FileDescription
                     f"{path!r} is {what}: library={library!r} cannot read it; use library='auto'"
                 )
             return _walk_with(TIFF_LIBRARY, path, group)
+        if group is not None and group.startswith(_overview_prefix()):
+            raise ValueError(
+                f"overview_level= reads the overviews of a TIFF; {path!r} is {found}, not a "
+                "TIFF (use group= for the groups of a netCDF-4 file)"
+            )
         if library == AUTO:
             return _walk_auto(path, group)
         from xrdist.formats.h5pylib import UnsupportedLayout

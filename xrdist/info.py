@@ -1,4 +1,4 @@
-"""``xrdist info FILE_OR_GLOB``: what a file or stack holds, and how xrdist would read it.
+"""``xrdist info FILE_OR_GLOB ...``: what a file or stack holds, and how xrdist would read it.
 
 Prints each variable's dimensions, dtype, on-disk chunks, compression and read path
 (byte ranges or the library), then the planner's choice for the requested chunks (default
@@ -8,9 +8,10 @@ Prints each variable's dimensions, dtype, on-disk chunks, compression and read p
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
-from xrdist.describing import DEFAULT_LIBRARY
+from xrdist.describing import DEFAULT_LIBRARY, LIBRARIES
 from xrdist.description import FileDescription
 
 
@@ -57,10 +58,20 @@ def parse_chunks(text: str) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Print the tables; a bad path, stack or option is one line on stderr, exit 2."""
+    try:
+        return _print_info(args)
+    except (OSError, ValueError) as err:  # StackError and PlanError are ValueErrors
+        print(f"xrdist info: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _print_info(args: argparse.Namespace) -> int:
     from xrdist.mfdataset import plan
     from xrdist.scan import expand_paths, scan
 
-    paths = expand_paths(args.paths)
+    given = args.paths
+    paths = expand_paths(given[0] if len(given) == 1 else given)
     if len(paths) == 1 and args.concat_dim is None:
         from xrdist.describing import describe_file
         from xrdist.locks import canonical_path
@@ -97,7 +108,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("paths", help="a file, or a glob pattern of files (quote it)")
+    parser.add_argument(
+        "paths", nargs="+", help="a file, files, or a glob pattern of files (quoted)"
+    )
     parser.add_argument(
         "--chunks",
         type=parse_chunks,
@@ -107,7 +120,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--concat-dim", default=None, help="stack along this dimension in the order given (nested)"
     )
-    parser.add_argument("--max-mem", type=int, default=None, help="bytes per task")
     parser.add_argument(
-        "--library", default=DEFAULT_LIBRARY, help="auto (default), h5py or netcdf4"
+        "--max-mem", default=None, help="memory per task: bytes, or e.g. 2GiB (default: auto)"
+    )
+    parser.add_argument(
+        "--library",
+        default=DEFAULT_LIBRARY,
+        choices=LIBRARIES,
+        help="auto (default), h5py, netcdf4 or tifffile",
     )

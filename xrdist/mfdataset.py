@@ -27,6 +27,7 @@ from typing import Any
 import dask
 import numpy as np
 import psutil
+from dask.system import CPU_COUNT
 from dask.utils import parse_bytes
 from xarray import Dataset, Variable
 
@@ -183,7 +184,22 @@ def default_max_mem() -> int:
         if per_thread:
             return int(min(min(per_thread) / 4, MAX_DEFAULT_MAX_MEM))
     total = psutil.virtual_memory().total
-    return int(min(total / max(1, os.cpu_count() or 1) / 4, MAX_DEFAULT_MAX_MEM))
+    return int(min(total / CPU_COUNT / 4, MAX_DEFAULT_MAX_MEM))
+
+
+def memory_bytes(value: int | str) -> int:
+    """A memory budget as bytes: a positive number, or a string such as ``"2GiB"`` or
+    ``"500 MB"`` (as dask writes them)."""
+    try:
+        found = parse_bytes(value) if isinstance(value, str) else int(value)
+    except (ValueError, TypeError):
+        found = None
+    if found is None or found <= 0 or isinstance(value, bool):
+        raise ValueError(
+            f"max_mem={value!r}: give a positive number of bytes or a string such as "
+            "'2GiB' or '500MB'"
+        )
+    return found
 
 
 def _total_threads() -> int:
@@ -191,7 +207,7 @@ def _total_threads() -> int:
     if client is not None:
         workers = client.scheduler_info().get("workers", {}).values()
         return max(1, sum(w.get("nthreads", 1) for w in workers))
-    return os.cpu_count() or 1
+    return CPU_COUNT
 
 
 def layout_of(stack: Stack, ds: Dataset, name: str) -> Layout:
@@ -240,12 +256,18 @@ def plan_dataset(
     ds: Dataset,
     chunks: Any,
     *,
-    max_mem: int | None = None,
+    max_mem: int | str | None = None,
     strategy: str = "auto",
     threshold: float = DEFAULT_AMPLIFICATION_THRESHOLD,
 ) -> Plan:
     """Plan every variable that will be chunked (all but indexes)."""
-    max_mem = max_mem or default_max_mem()
+    max_mem = default_max_mem() if max_mem is None else memory_bytes(max_mem)
+    if not threshold >= 1:
+        raise ValueError(
+            f"amplification_threshold={threshold!r}: it is a ratio of bytes decoded to bytes "
+            "needed, so at least 1 (1 reads only whole on-disk chunks; default "
+            f"{DEFAULT_AMPLIFICATION_THRESHOLD})"
+        )
     distributed = _active_client() is not None
     min_tasks = 2 * _total_threads()
     target_bytes = parse_bytes(dask.config.get("array.chunk-size"))
@@ -345,7 +367,7 @@ def open_mfdataset(
     combine: str = "by_coords",
     data_vars: str = "all",
     parallel: bool = True,
-    max_mem: int | None = None,
+    max_mem: int | str | None = None,
     strategy: str = "auto",
     amplification_threshold: float = DEFAULT_AMPLIFICATION_THRESHOLD,
     library: str = DEFAULT_LIBRARY,
@@ -381,9 +403,9 @@ def open_mfdataset(
         default, "all") or taken from the first file.
     parallel : bool
         Describe the files in threads, or on the workers of the active distributed client.
-    max_mem : int, optional
-        Memory budget per task in bytes (default: a quarter of the memory per thread, at
-        most 1 GiB).
+    max_mem : int or str, optional
+        Memory budget per task: bytes, or a string such as ``"2GiB"`` (default: a quarter
+        of the memory per thread, at most 1 GiB).
     strategy : {"auto", "direct", "rechunk"}
         ``"auto"`` reads each output chunk directly unless that decodes more than
         ``amplification_threshold`` times the bytes needed; then it reads on-disk-aligned
@@ -526,7 +548,7 @@ def plan(
     concat_dim: str | None = None,
     combine: str = "by_coords",
     data_vars: str = "all",
-    max_mem: int | None = None,
+    max_mem: int | str | None = None,
     strategy: str = "auto",
     amplification_threshold: float = DEFAULT_AMPLIFICATION_THRESHOLD,
     library: str = DEFAULT_LIBRARY,

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from xrdist import persist
-from xrdist.describing import describe_file
+from xrdist.describing import LIBRARIES, describe_file, local_path
 from xrdist.description import FileDescription, VariableDescription
 from xrdist.labels import TimesSpec, file_times, has_time_tags
 
@@ -137,14 +137,19 @@ class Stack:
 def expand_paths(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[str]:
     """A glob pattern (sorted matches), one path, or a sequence of paths -> paths."""
     if isinstance(paths, str | os.PathLike):
-        text = os.fspath(paths)
+        text = local_path(paths)
         if glob.has_magic(text):
             found = sorted(glob.glob(text))
             if not found:
                 raise FileNotFoundError(f"no files match the pattern {text!r}")
             return found
+        if os.path.isdir(text):
+            raise IsADirectoryError(
+                f"{text!r} is a folder: pass a glob pattern of its files, such as "
+                f"{os.path.join(text, '*.nc')!r}, or a list of paths"
+            )
         return [text]
-    found = [os.fspath(p) for p in paths]
+    found = [local_path(p) for p in paths]
     if not found:
         raise ValueError("no files given: pass a glob pattern or a non-empty list of paths")
     return found
@@ -324,10 +329,16 @@ def _difference(first: FileDescription, other: FileDescription, concat_dim: str)
             )
             return f"variable {name!r} decodes differently: {shown}"
         if sa[5] != sb[5]:
+            new = (
+                f" (the files have no dimension {concat_dim!r}, so they are stacked along a "
+                f"new one and must agree in everything else: check concat_dim=)"
+                if concat_dim not in first.dims
+                else ""
+            )
             return (
                 f"variable {name!r} (which does not have {concat_dim!r}) has different "
                 "values; differing coordinates are not aligned (and with "
-                "data_vars='minimal' data variables must agree too)"
+                f"data_vars='minimal' data variables must agree too){new}"
             )
     for dim in sorted(set(first.dims) | set(other.dims)):
         if dim != concat_dim and first.dims.get(dim) != other.dims.get(dim):
@@ -541,6 +552,8 @@ def scan(
     """
     if combine not in ("by_coords", "nested"):
         raise ValueError(f"combine must be 'by_coords' or 'nested', not {combine!r}")
+    if library not in LIBRARIES:
+        raise ValueError(f"library={library!r} is not supported; choose one of {LIBRARIES}")
     decode = dict(decode or {})
     files = expand_paths(paths)
     descriptions = describe_all(files, library, group, parallel)
@@ -549,6 +562,13 @@ def scan(
         concat_dim = "time"
     if concat_dim is not None and concat_dim not in descriptions[0].dims:
         return _scene_stack(descriptions, concat_dim, combine, data_vars, times, group)
+    if times is not None:
+        first = descriptions[0]
+        raise ValueError(
+            f"times= labels files that have no {concat_dim!r} dimension, but {first.path!r} "
+            f"has one (length {first.dims[concat_dim]}): its {concat_dim!r} coordinate "
+            f"gives the times. Drop times=, or pass concat_dim= the name of a new dimension"
+        )
     if combine == "nested":
         if concat_dim is None:
             raise ValueError("combine='nested' needs concat_dim= (for example 'time')")
@@ -583,18 +603,21 @@ def _scene_stack(
     """Files without ``concat_dim`` (one scene each), stacked along it as a new dimension
     labelled by ``times``, in time order for ``combine="by_coords"``."""
     _check_libraries(descriptions)
-    validate(descriptions, concat_dim, data_vars)
     if times is None and descriptions[0].library == TIFF_LIBRARY and has_time_tags(descriptions):
         times = "tag"
+    if combine == "by_coords" and times is None:
+        first = descriptions[0]
+        raise StackError(
+            f"the files have no dimension {concat_dim!r} to order them by ({first.path!r} "
+            f"has {list(first.dims)}): check concat_dim=, or, to stack them along a new "
+            f"dimension {concat_dim!r}, pass times= (a file-name format such as '%Y%m%d', "
+            "a regular expression, 'tag' or a list) or combine='nested' to keep the order "
+            "given"
+        )
+    validate(descriptions, concat_dim, data_vars)
     labels = None if times is None else file_times(descriptions, times)
     if combine == "by_coords":
-        if labels is None:
-            raise StackError(
-                f"the files have no {concat_dim!r} to order them by (e.g. "
-                f"{descriptions[0].path!r}): pass times= (a file-name format such as "
-                "'%Y%m%d', a regular expression, 'tag' or a list), or combine='nested' to "
-                "keep the order given"
-            )
+        assert labels is not None
         order = sorted(range(len(descriptions)), key=lambda i: labels[i])
         for a, b in itertools.pairwise(order):
             if labels[a] == labels[b]:
@@ -612,12 +635,20 @@ def _scene_stack(
 
 def _check_libraries(descriptions: Sequence[FileDescription]) -> None:
     libraries = {d.library for d in descriptions}
+    if TIFF_LIBRARY in libraries and len(libraries) > 1:
+        tiff = next(d for d in descriptions if d.library == TIFF_LIBRARY)
+        other = next(d for d in descriptions if d.library != TIFF_LIBRARY)
+        raise StackError(
+            f"the files mix TIFF ({tiff.path!r}) and netCDF ({other.path!r}): a stack holds "
+            "files of one format; open each format's files separately (a glob such as "
+            "'*.tif' or '*.nc' picks one)"
+        )
     if len(libraries) > 1:
         odd = next(d for d in descriptions if d.library != descriptions[0].library)
         raise StackError(
             f"{odd.path!r} is read with {odd.library}, but {descriptions[0].path!r} with "
-            f"{descriptions[0].library} (netCDF-3 and netCDF-4 files mixed, or TIFF and "
-            "netCDF?); pass library='netcdf4' to read netCDF files all with netCDF-C"
+            f"{descriptions[0].library} (netCDF-3 and netCDF-4 files mixed?); pass "
+            "library='netcdf4' to read them all with netCDF-C"
         )
 
 
