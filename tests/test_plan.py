@@ -1002,3 +1002,20 @@ def test_rechunk_reads_are_cut_for_parallelism_too():
     assert plan.tasks >= 4
     assert plan.read_chunks[0] == (30, 30, 30, 30)
     assert plan.amplification == 1.0
+
+
+def test_the_suggestion_keeps_the_concat_axis_as_asked_within_max_mem():
+    """600 x 600 cuts 256 x 256 tiles. The aligned chunks offered keep time whole, as
+    asked, with 256-multiples small enough for max_mem; the rechunk reads on-disk-aligned
+    chunks that split time instead, and says so in the reason."""
+    from xrdist.plan import normalize_chunks, read_amplification, task_memory
+
+    budget = 64 * 2**20
+    plan = plan_variable(SAT, {"time": -1, "y": 600, "x": 600}, max_mem=budget)
+    assert plan.strategy == "rechunk"
+    assert plan.suggestion == {"time": -1, "y": 256, "x": 256}
+    offered = normalize_chunks(SAT, plan.suggestion)
+    assert task_memory(SAT, offered) <= budget and read_amplification(SAT, offered) == 1.0
+    read = plan.read_chunk_request()
+    assert read["time"] != -1 and read["y"] == read["x"] == 512
+    assert str(read) in plan.reason

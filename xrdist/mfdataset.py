@@ -306,7 +306,7 @@ def _warn_amplification(plan: Plan) -> None:
                 f"needed ({format_bytes(v.bytes_needed * v.requested_amplification)} for "
                 f"{format_bytes(v.bytes_needed)}). Aligned chunks: {v.suggestion}. "
                 + (
-                    "Reading aligned chunks and rechunking."
+                    f"Reading on-disk-aligned chunks {v.read_chunk_request()} and rechunking."
                     if v.strategy == "rechunk"
                     else "Reading directly as asked (strategy='direct')."
                 ),

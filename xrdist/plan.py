@@ -305,6 +305,41 @@ def _fit_concat_axis(
     return (*chunks[:axis], cut, *chunks[axis + 1 :])
 
 
+def _fit_other_axes(layout: Layout, chunks: NormalizedChunks, max_mem: int) -> NormalizedChunks:
+    """Aligned ``chunks`` with the axes other than the concatenation axis cut to fewer
+    whole on-disk chunks, largest first, until a task fits in ``max_mem`` (or each is one
+    on-disk chunk): a suggestion that keeps the concatenation axis as asked."""
+    out = list(chunks)
+    while task_memory(layout, tuple(out)) > max_mem:
+        axes = [
+            a
+            for a in range(len(out))
+            if a != layout.concat_axis and layout.disk_chunks is not None and out[a]
+            if max(out[a]) > layout.tile(a)
+        ]
+        if not axes:
+            break
+        axis = max(axes, key=lambda a: max(out[a]) * 1.0 / layout.tile(a))
+        tile = layout.tile(axis)
+        smaller = max(tile, (max(out[axis]) // 2) // tile * tile)
+        out[axis] = normalize_chunks(layout, {layout.dims[axis]: smaller})[axis]
+    return tuple(out)
+
+
+def _as_request(dims: tuple[str, ...], chunks: NormalizedChunks) -> dict[str, Any]:
+    """Normalized chunks as a user writes them: -1 for a whole axis, one length when
+    all but the last chunk have it, else the tuple."""
+    out: dict[str, Any] = {}
+    for dim, lengths in zip(dims, chunks, strict=True):
+        if len(lengths) <= 1:
+            out[dim] = -1
+        elif len(set(lengths[:-1])) == 1 and lengths[-1] <= lengths[0]:
+            out[dim] = lengths[0]
+        else:
+            out[dim] = tuple(lengths)
+    return out
+
+
 # -- plans ------------------------------------------------------------------------------
 
 
@@ -340,6 +375,10 @@ class VariablePlan:
         """The largest output chunk length per dimension."""
         return {d: max(c) for d, c in zip(self.dims, self.chunks, strict=True)}
 
+    def read_chunk_request(self) -> dict[str, Any]:
+        """The read chunks as a ``chunks=`` request (-1 for a whole axis)."""
+        return _as_request(self.dims, self.read_chunks)
+
 
 def plan_variable(
     layout: Layout,
@@ -365,9 +404,9 @@ def plan_variable(
     target = normalize_chunks(layout, chunks)
     requested = read_amplification(layout, target)
     needed = math.prod(layout.shape) * layout.decoded_itemsize
-    suggestion = aligned_chunks(layout, target)
-    aligned = normalize_chunks(layout, suggestion)
+    aligned = normalize_chunks(layout, aligned_chunks(layout, target))
     aligned_amp = read_amplification(layout, aligned)
+    suggestion = _as_request(layout.dims, _fit_other_axes(layout, aligned, max_mem))
     wasteful = requested > threshold and aligned_amp < requested
     if strategy == "direct" or (strategy == "auto" and not wasteful):
         read, chosen, method = target, "direct", None
@@ -385,14 +424,6 @@ def plan_variable(
             )
     else:
         read, chosen = _fit_concat_axis(layout, aligned, max_mem, min_tasks), "rechunk"
-        suggestion = (
-            {
-                d: (lengths if len(lengths) > 1 else -1)
-                for d, lengths in zip(layout.dims, read, strict=True)
-            }
-            if read != aligned
-            else suggestion
-        )
         method = "p2p" if distributed else "tasks"
         how = "dask P2P (distributed client)" if distributed else "tasks"
         why = (
@@ -401,7 +432,7 @@ def plan_variable(
             else f"rechunk requested (amplification {requested:.2f})"
         )
         reason = (
-            f"{why}: read on-disk-aligned chunks {suggestion} (amplification "
+            f"{why}: read on-disk-aligned chunks {_as_request(layout.dims, read)} (amplification "
             f"{aligned_amp:.2f}) and rechunk with {how}"
         )
     amp = read_amplification(layout, read)
