@@ -22,9 +22,9 @@ only you can write.
 Values are pickled when they are stored (later changes to them are not kept) and written
 in the storing thread: at once, or, inside :func:`batch`, all together in one transaction
 when the block ends (opening a file stores its description and its decoded dataset in
-one; scanning a stack, every file's description in one). A transaction per value cost a
-sixth of a small file's first open. Nothing is written from another thread, so a forked
-process never inherits SQLite in the middle of a write.
+one; scanning a stack, every file's description in one). Nothing is written from
+another thread, so a forked process never inherits SQLite in the middle of a write, and
+a process that ends without exit handlers (a forked pool worker) loses nothing.
 
 Notes
 -----
