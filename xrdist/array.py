@@ -87,6 +87,10 @@ def read_window(
                 f"cannot index variable {name!r} of {proxy.path!r} with {key!r}: {err}"
             ) from err
         except LIBRARY_ERRORS as err:  # a damaged file: say which file and variable
+            try:  # unless it was changed under the read (say that, whatever the library saw)
+                _check_not_modified(proxy.path, identity, name)
+            except FileChangedError as changed:
+                raise changed from err
             if proxy.path in str(err):
                 raise
             raise naming_path(err, f"cannot read variable {name!r} of {proxy.path!r}") from err
