@@ -344,6 +344,45 @@ def test_tiff_and_netcdf_files_do_not_stack(stack, tmp_path):
         xrdist.open_mfdataset([tif, *stack[:2]], concat_dim="time")
 
 
+def test_netcdf3_and_netcdf4_files_stack_as_in_xarray(tmp_path):
+    """library="auto" reads netCDF-4 files with h5py and netCDF-3 ones with netCDF-C; a
+    stack of both is read with netCDF-C, as xarray's netcdf4 engine reads it."""
+    paths = []
+    for i in range(4):
+        ds = xr.Dataset(
+            {"t2m": (("time", "y"), np.arange(3.0, dtype="f4")[None] + i)},
+            coords={"time": [pd.Timestamp("2020-01-01") + pd.Timedelta(days=i)]},
+        )
+        paths.append(str(tmp_path / f"f{i}.nc"))
+        ds.to_netcdf(paths[-1], format="NETCDF3_64BIT" if i % 2 else "NETCDF4")
+    ours = xrdist.open_mfdataset(paths, chunks={"time": -1})
+    assert ours.encoding["xrdist_plan"] is not None
+    theirs = xr.open_mfdataset(paths, engine="netcdf4").load()
+    xr.testing.assert_identical(ours.load(), theirs)
+
+
+def test_times_stored_as_int32_and_int64_stack_as_in_xarray(tmp_path):
+    """Writers differ in the integer type of the time axis; decoded, it is one dtype. A
+    time without units (an integer once decoded) among dates does not stack."""
+    paths = []
+    for i, dtype in enumerate(["int32", "int64", "int32"]):
+        ds = xr.Dataset(
+            {"t2m": (("time", "y"), np.arange(3.0, dtype="f4")[None] + i)},
+            coords={"time": [pd.Timestamp("2020-01-01") + pd.Timedelta(days=i)]},
+        )
+        paths.append(str(tmp_path / f"f{i}.nc"))
+        ds.to_netcdf(paths[-1], encoding={"time": {"dtype": dtype, "units": "days since 2020"}})
+    theirs = xr.open_mfdataset(paths, engine="netcdf4").load()
+    xr.testing.assert_identical(xrdist.open_mfdataset(paths).load(), theirs)
+    raw = xr.Dataset(
+        {"t2m": (("time", "y"), np.zeros((1, 3), "f4"))}, coords={"time": ("time", [9])}
+    )
+    raw.to_netcdf(tmp_path / "raw.nc")
+    mixed = [*paths, str(tmp_path / "raw.nc")]
+    with pytest.raises(xrdist.StackError, match=r"raw\.nc.*'time' decodes to int64, not datetime"):
+        xrdist.open_mfdataset(mixed, combine="nested", concat_dim="time")
+
+
 def test_small_data_variables_that_differ_are_stacked_per_file(tmp_path):
     """A small variable without 'time' that differs between files is stacked with each
     file's own values, as xarray's data_vars='all' does."""

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from xrdist import persist
-from xrdist.describing import LIBRARIES, describe_file, local_path
+from xrdist.describing import AUTO, LIBRARIES, describe_file, local_path
 from xrdist.description import FileDescription, VariableDescription
 from xrdist.labels import TimesSpec, file_times, has_time_tags
 
@@ -230,7 +230,8 @@ def variable_signature(
         else tuple((k, _attr_key(var.attrs[k])) for k in STACKING_ATTRS if k in var.attrs)
     )
     values = None if along or var.values is None or not by_value else _digest(var.values)
-    return (var.name, var.dims, var.dtype.str, shape, attrs, values)
+    dtype = None if per_file else var.dtype.str  # decoded file by file: compared decoded
+    return (var.name, var.dims, dtype, shape, attrs, values)
 
 
 def compared_by_value(description: FileDescription, data_vars: str) -> frozenset[str]:
@@ -293,7 +294,15 @@ def _grid_difference(
 
 
 def _difference(first: FileDescription, other: FileDescription, concat_dim: str) -> str:
-    """Words for the first thing that differs between two files' signatures."""
+    """Words for the first thing that differs between two files' signatures, and their
+    formats if they differ (a netCDF-3 file among netCDF-4 ones has other dtypes)."""
+    found = _first_difference(first, other, concat_dim)
+    if first.file_format != other.file_format:
+        found += f" (it is a {other.file_format} file, the first a {first.file_format} file)"
+    return found
+
+
+def _first_difference(first: FileDescription, other: FileDescription, concat_dim: str) -> str:
     # netCDF files are compared by CRS and transform only: their sizes are named by variable
     grid = _grid_difference(first, other, sizes=first.library == TIFF_LIBRARY)
     if grid is not None:
@@ -311,9 +320,9 @@ def _difference(first: FileDescription, other: FileDescription, concat_dim: str)
         a, b = first.variables[name], other.variables[name]
         if a.dims != b.dims:
             return f"variable {name!r} has dimensions {b.dims}, not {a.dims}"
-        if a.dtype != b.dtype:
-            return f"variable {name!r} has dtype {b.dtype}, not {a.dtype}"
         per_file = name in decoded_per_file(first, concat_dim)
+        if a.dtype != b.dtype and not per_file:
+            return f"variable {name!r} has dtype {b.dtype}, not {a.dtype}"
         sa = variable_signature(a, concat_dim, per_file)
         sb = variable_signature(b, concat_dim, per_file)
         if sa[3] != sb[3]:
@@ -557,6 +566,10 @@ def scan(
     decode = dict(decode or {})
     files = expand_paths(paths)
     descriptions = describe_all(files, library, group, parallel)
+    if library == AUTO and {d.library for d in descriptions} == {"h5py", "netcdf4"}:
+        # netCDF-3 files among netCDF-4 ones: netCDF-C reads them all (a stack is read
+        # by one library), as xarray's engine does
+        descriptions = describe_all(files, "netcdf4", group, parallel)
     scenes = descriptions[0].library == TIFF_LIBRARY
     if concat_dim is None and (times is not None or scenes):
         concat_dim = "time"
@@ -580,6 +593,7 @@ def scan(
     validate(descriptions, concat_dim, data_vars)
     per_file = decoded_per_file(descriptions[0], concat_dim)
     decoded = decode_file_coordinates(descriptions, per_file, decode, concat_dim)
+    _check_decoded_dtypes(descriptions, decoded, concat_dim)
     if combine == "by_coords":
         order = _order_by_coordinate(descriptions, decoded, concat_dim)
         descriptions = [descriptions[i] for i in order]
@@ -631,6 +645,21 @@ def _scene_stack(
     elif labels is not None:
         _warn_duplicates([d.path for d in descriptions], list(labels), concat_dim)
     return Stack(tuple(descriptions), concat_dim, descriptions[0].library, group, (), labels)
+
+
+def _check_decoded_dtypes(
+    descriptions: Sequence[FileDescription], decoded: Sequence[dict[str, Any]], concat_dim: str
+) -> None:
+    """The small coordinates decoded file by file (whose stored dtypes may differ: int32
+    times in a netCDF-3 file, int64 in a netCDF-4 one) must decode to one dtype."""
+    for name, var in decoded[0].items():
+        for description, other in zip(descriptions[1:], decoded[1:], strict=True):
+            if other[name].dtype != var.dtype:
+                raise StackError(
+                    f"{description.path!r} does not stack with {descriptions[0].path!r} "
+                    f"along {concat_dim!r}: variable {name!r} decodes to {other[name].dtype}, "
+                    f"not {var.dtype}"
+                )
 
 
 def _check_libraries(descriptions: Sequence[FileDescription]) -> None:
