@@ -331,6 +331,15 @@ def test_bad_options_are_refused_saying_what_to_do(stack, options, error, words)
         xrdist.open_mfdataset(stack, **options)
 
 
+def test_chunks_larger_than_the_max_mem_given_warn(stack):
+    with pytest.warns(xrdist.MemoryBudgetWarning, match=r"(refl|mask): a task .* than max_mem"):
+        xrdist.open_mfdataset(stack, chunks={"time": -1}, max_mem="16KiB")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", xrdist.MemoryBudgetWarning)
+        xrdist.open_mfdataset(stack, chunks={"time": -1})  # no budget given: none to break
+        xrdist.open_mfdataset(stack, chunks={"time": -1}, max_mem="1GiB")  # within it
+
+
 def test_max_mem_takes_units_like_dask(stack):
     plan = xrdist.plan(stack, chunks="auto", max_mem="64MiB")
     assert plan.max_mem == 64 * 2**20

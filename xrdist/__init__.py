@@ -33,7 +33,7 @@ from xrdist.manager import (
 )
 from xrdist.mfdataset import open_mfdataset, plan
 from xrdist.options import get_options, set_options
-from xrdist.plan import AmplificationWarning, Plan
+from xrdist.plan import AmplificationWarning, MemoryBudgetWarning, Plan
 from xrdist.proxy import HandleProxy
 from xrdist.scan import StackError, StackWarning
 
@@ -47,6 +47,7 @@ __all__ = [
     "FileSpec",
     "HandleManager",
     "HandleProxy",
+    "MemoryBudgetWarning",
     "NamedLock",
     "Plan",
     "StackError",

@@ -41,6 +41,7 @@ from xrdist.plan import (
     DEFAULT_AMPLIFICATION_THRESHOLD,
     AmplificationWarning,
     Layout,
+    MemoryBudgetWarning,
     Plan,
     VariablePlan,
     format_bytes,
@@ -297,6 +298,21 @@ def plan_dataset(
     return Plan(plans, len(stack.descriptions), max_mem, threshold)
 
 
+def _warn_budget(plan: Plan) -> None:
+    """Warn for each variable whose tasks need more than ``max_mem`` (asked for
+    explicitly, with chunks asked for explicitly: "auto" fits them or refuses)."""
+    for v in plan.variables.values():
+        if v.memory_per_task > plan.max_mem:
+            warnings.warn(
+                f"{v.name}: a task of the chunks {v.chunk_sizes()} holds "
+                f"{format_bytes(v.memory_per_task)}, more than max_mem="
+                f"{format_bytes(plan.max_mem)}; ask for smaller chunks, or chunks='auto' "
+                "to have them chosen within max_mem",
+                MemoryBudgetWarning,
+                stacklevel=3,
+            )
+
+
 def _warn_amplification(plan: Plan) -> None:
     for v in plan.variables.values():
         if v.suggestion:
@@ -477,6 +493,8 @@ def open_mfdataset(
         stack, ds, chunks, max_mem=max_mem, strategy=strategy, threshold=amplification_threshold
     )
     _warn_amplification(plan)
+    if max_mem is not None and not isinstance(chunks, str):
+        _warn_budget(plan)
     return apply_plan(ds, plan)
 
 

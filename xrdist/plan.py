@@ -46,6 +46,10 @@ class AmplificationWarning(UserWarning):
     """Requested chunks cut the on-disk chunks badly: much more is decoded than needed."""
 
 
+class MemoryBudgetWarning(UserWarning):
+    """A task of the requested chunks needs more memory than the ``max_mem`` given."""
+
+
 class PlanError(ValueError):
     """The requested chunks or budget cannot be planned (the message has the numbers)."""
 
