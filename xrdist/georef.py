@@ -111,11 +111,14 @@ def crs_attrs(crs: int | str) -> dict[str, Any]:
     Raises ``pyproj.exceptions.CRSError`` for a CRS pyproj does not know."""
     import pyproj
 
-    if isinstance(crs, int):  # through GDAL's WKT1, as rioxarray sees a GeoTIFF's CRS
-        crs = pyproj.CRS.from_epsg(crs).to_wkt("WKT1_GDAL") or pyproj.CRS.from_epsg(crs).to_wkt()
+    # GDAL's WKT1, as rioxarray sees a GeoTIFF's CRS, axes included: without them a CRS
+    # whose EPSG axes are northing first (EPSG:3035, 31467) no longer maps to its code
+    if isinstance(crs, int):
+        code = pyproj.CRS.from_epsg(crs)
+        crs = code.to_wkt("WKT1_GDAL", output_axis_rule=True) or code.to_wkt()
     parsed = pyproj.CRS.from_wkt(crs)
     attrs = parsed.to_cf()
-    wkt = parsed.to_wkt("WKT1_GDAL") or crs
+    wkt = parsed.to_wkt("WKT1_GDAL", output_axis_rule=True) or crs
     attrs["crs_wkt"] = wkt
     attrs["spatial_ref"] = wkt
     return attrs

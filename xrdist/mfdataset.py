@@ -550,8 +550,9 @@ def _check_same_labels(
         if a.shape == b.shape and (a == b).all():
             continue
         what = "times" if coord == dim else f"{coord} coordinates (grid)"
-        missing = sorted(set(a.tolist()) ^ set(b.tolist()))[:3] if coord == dim else []
-        detail = f" (e.g. {missing} in one but not the other)" if missing else ""
+        missing = sorted(set(a) ^ set(b))[:3] if coord == dim else []
+        shown = ", ".join(str(v)[:19] for v in missing)  # datetime64 as dates, not ns
+        detail = f" (e.g. {shown} in one but not the other)" if missing else ""
         raise StackError(
             f"band {name!r} (files like {files[name][0]!r}) and band {first_name!r} (files "
             f"like {files[first_name][0]!r}) have different {what}{detail}; every band "

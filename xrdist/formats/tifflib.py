@@ -370,7 +370,9 @@ def _band_attrs(page: tifffile.TiffPage, bands: int, geokeys: dict[str, Any]) ->
         attrs["_FillValue"] = nodata
     scales = _per_band(per_band.get("scale", {}), bands, 1.0)
     offsets = _per_band(per_band.get("offset", {}), bands, 0.0)
-    if len(set(scales)) == 1 and len(set(offsets)) == 1:
+    if np.dtype(page.dtype).kind == "c" and set(scales) == {1.0} and set(offsets) == {0.0}:
+        pass  # xarray's scaling would drop the imaginary part; rioxarray keeps it
+    elif len(set(scales)) == 1 and len(set(offsets)) == 1:
         # Typed so that xarray decodes small integers and float32 to float32, as rioxarray
         kind = np.float32 if _decodes_to_float32(np.dtype(page.dtype)) else np.float64
         attrs["scale_factor"], attrs["add_offset"] = kind(scales[0]), kind(offsets[0])
