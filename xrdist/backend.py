@@ -24,9 +24,9 @@ from xarray.backends import BackendEntrypoint
 from xrdist.datasets import dataset_from_description, decoded_dataset
 from xrdist.describing import (
     DEFAULT_LIBRARY,
-    LIBRARIES,
     NETCDF_EXTENSIONS,
     TIFF_EXTENSIONS,
+    check_library,
     describe_file,
     local_path,
     sniff_format,
@@ -113,8 +113,7 @@ class XrdistBackendEntrypoint(BackendEntrypoint):
             "use_cftime": use_cftime,
             "decode_timedelta": decode_timedelta,
         }
-        if library not in LIBRARIES:
-            raise ValueError(f"library={library!r} is not supported; choose one of {LIBRARIES}")
+        check_library(library)
         if overview_level is not None:
             if group is not None:
                 raise ValueError("pass group= (netCDF) or overview_level= (TIFF), not both")

@@ -64,6 +64,12 @@ def sniff_format(path: str) -> str | None:
     return None
 
 
+def check_library(library: str) -> None:
+    """Raise a ``ValueError`` listing the choices if ``library`` is not one of them."""
+    if library not in LIBRARIES:
+        raise ValueError(f"library={library!r} is not supported; choose one of {LIBRARIES}")
+
+
 def local_path(path: str | os.PathLike[str]) -> str:
     """``path`` as a local path, ``~`` expanded (as xarray does); a URL is refused with
     an error that says what to do (xrdist reads local files, by byte ranges)."""

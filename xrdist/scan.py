@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from xrdist import persist
-from xrdist.describing import AUTO, LIBRARIES, describe_file, local_path
+from xrdist.describing import AUTO, check_library, describe_file, local_path
 from xrdist.description import FileDescription, VariableDescription
 from xrdist.labels import TimesSpec, file_times, has_time_tags
 
@@ -561,8 +561,7 @@ def scan(
     """
     if combine not in ("by_coords", "nested"):
         raise ValueError(f"combine must be 'by_coords' or 'nested', not {combine!r}")
-    if library not in LIBRARIES:
-        raise ValueError(f"library={library!r} is not supported; choose one of {LIBRARIES}")
+    check_library(library)
     decode = dict(decode or {})
     files = expand_paths(paths)
     descriptions = describe_all(files, library, group, parallel)
