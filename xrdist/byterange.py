@@ -23,9 +23,11 @@ thread-safe: ``os.pread`` does not move a shared file position.
 from __future__ import annotations
 
 import bz2
+import functools
 import itertools
 import math
 import os
+import sys
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +35,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from xrdist.window import chunk_part, chunk_ranges
+from xrdist.window import box_parts
 
 try:  # libdeflate: about twice zlib's speed when the output size is known
     from imagecodecs import deflate_decode as _deflate_decode
@@ -111,19 +113,61 @@ def _inflate(data: bytes, size: int) -> Any:
 
 def _unshuffle(data: Any, itemsize: int) -> np.ndarray:
     """Undo HDF5's byte shuffle: byte ``b`` of every element is stored in plane ``b``,
-    with any bytes past the last whole element left as they are. One strided numpy copy
-    per plane, which runs without the GIL (numcodecs' C shuffle holds it, so threads
+    with any bytes past the last whole element left as they are (a new array of bytes).
+
+    2- and 4-byte elements are assembled with shifts and ors of whole planes on a
+    little-endian machine (about 3x and 1.5x faster than copying each plane into every
+    ``itemsize``-th byte); other sizes take one strided copy per plane. Every step is a
+    numpy call that runs without the GIL (numcodecs' C shuffle holds it, so threads
     decoding chunks took turns at it)."""
     raw = np.frombuffer(data, dtype=np.uint8)
     n = raw.size // itemsize
     if itemsize == 1 or n == 0:
         return raw
+    planes = raw[: n * itemsize].reshape(itemsize, n)
+    wide = _WHOLE_ELEMENT.get(itemsize) if _LITTLE_ENDIAN else None
+    if wide is not None and n * itemsize == raw.size:
+        out = planes[itemsize - 1].astype(wide)
+        byte = wide.type(8)  # a scalar of out's type: numpy converts a Python int each call
+        for plane in range(itemsize - 2, -1, -1):
+            np.left_shift(out, byte, out=out)
+            np.bitwise_or(out, planes[plane], out=out)
+        return out.view(np.uint8)
     out = np.empty(raw.size, dtype=np.uint8)
     elements = out[: n * itemsize].reshape(n, itemsize)
     for plane in range(itemsize):
-        elements[:, plane] = raw[plane * n : (plane + 1) * n]
+        elements[:, plane] = planes[plane]
     out[n * itemsize :] = raw[n * itemsize :]
     return out
+
+
+_LITTLE_ENDIAN = sys.byteorder == "little"
+#: Element sizes unshuffled by shifts, and the unsigned type that holds one element.
+_WHOLE_ELEMENT = {2: np.dtype(np.uint16), 4: np.dtype(np.uint32)}
+
+
+@functools.lru_cache(maxsize=256)
+def _decoding_steps(
+    pipeline: tuple[tuple[int, tuple[int, ...]], ...],
+    mask: int,
+    chunks: tuple[int, ...],
+    itemsize: int,
+) -> tuple[tuple[int, int], ...]:
+    """The filters that decode a chunk stored with filter ``mask``, in decoding order
+    (the reverse of writing, skipping filters the mask says were not applied), each
+    with the chunk's size in bytes as it entered that filter when written: the raw
+    chunk plus 4 for each active fletcher32 applied before it. Pure; memoized, since
+    every chunk of a variable (and of a stack's files) decodes the same way."""
+    steps = []
+    for position in reversed(range(len(pipeline))):
+        if mask & (1 << position):
+            continue
+        size = math.prod(chunks) * itemsize
+        for earlier in range(position):
+            if pipeline[earlier][0] == FLETCHER32 and not mask & (1 << earlier):
+                size += 4
+        steps.append((pipeline[position][0], size))
+    return tuple(steps)
 
 
 @dataclass(frozen=True)
@@ -153,12 +197,9 @@ class ChunkIndex:
         """One stored chunk's bytes -> its array (full chunk shape)."""
         data = raw
         try:
-            for position in reversed(range(len(self.pipeline))):
-                if mask & (1 << position):
-                    continue
-                fid = self.pipeline[position][0]
+            for fid, size in _decoding_steps(self.pipeline, mask, self.chunks, self.dtype.itemsize):
                 if fid == DEFLATE:
-                    data = _inflate(data, self._size_before(position, mask))
+                    data = _inflate(data, size)
                 elif fid == SHUFFLE:
                     data = _unshuffle(data, self.dtype.itemsize)
                 elif fid == FLETCHER32:
@@ -179,44 +220,24 @@ class ChunkIndex:
         except Exception as err:
             raise CorruptChunkError(self._where(where, f"failed to decode: {err!r}")) from err
 
-    def _size_before(self, position: int, mask: int) -> int:
-        """Bytes of a chunk as it entered filter ``position`` when written: the raw
-        chunk plus 4 for each active fletcher32 applied before it."""
-        size = math.prod(self.chunks) * self.dtype.itemsize
-        for earlier in range(position):
-            if self.pipeline[earlier][0] == FLETCHER32 and not mask & (1 << earlier):
-                size += 4
-        return size
-
     def _where(self, where: tuple[int, ...], what: str) -> str:
         return f"{self.path!r}, variable {self.name!r}, chunk {where}: {what}"
 
     def read_box(self, fd: int, box: tuple[slice, ...]) -> np.ndarray:
         """The values in ``box`` (unit-step slices), from the chunks it touches; a new,
         writable array, or a writable view of the one chunk that holds the whole box."""
-        shape = [s.stop - s.start for s in box]
-        if 0 in shape:
-            return np.empty(shape, dtype=self.dtype)
-        ranges = chunk_ranges(box, self.chunks)
-        if all(len(r) == 1 for r in ranges):  # one chunk (a tile-aligned window): no copy
-            where = tuple(r.start for r in ranges)
-            chunk = self._chunk(fd, where)[self._within(box, where)]
+        bounds = tuple((s.start, s.stop) for s in box)
+        if any(a >= b for a, b in bounds):
+            return np.empty([max(0, b - a) for a, b in bounds], dtype=self.dtype)
+        parts = box_parts(bounds, self.chunks)
+        if len(parts) == 1:  # one chunk (a tile-aligned window): no copy
+            where, within, _ = parts[0]
+            chunk = self._chunk(fd, where)[within]
             return chunk if chunk.flags.writeable else chunk.copy()
-        out = np.empty(shape, dtype=self.dtype)
-        for where in itertools.product(*ranges):
-            part = chunk_part(box, where, self.chunks)
-            dst = tuple(
-                slice(p.start - s.start, p.stop - s.start) for p, s in zip(part, box, strict=True)
-            )
-            out[dst] = self._chunk(fd, where)[self._within(part, where)]
+        out = np.empty([b - a for a, b in bounds], dtype=self.dtype)
+        for where, within, dst in parts:
+            out[dst] = self._chunk(fd, where)[within]
         return out
-
-    def _within(self, part: tuple[slice, ...], where: tuple[int, ...]) -> tuple[slice, ...]:
-        """``part`` (array indices, inside chunk ``where``) in the chunk's own indices."""
-        return tuple(
-            slice(p.start - i * c, p.stop - i * c)
-            for p, i, c in zip(part, where, self.chunks, strict=True)
-        )
 
     def _chunk(self, fd: int, where: tuple[int, ...]) -> np.ndarray:
         """The stored chunk at chunk-grid index ``where``, decoded (the fill value if it

@@ -7,6 +7,7 @@ listed or dropped) elements from it in memory. Pure functions; thread-safe.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable
 from typing import Any
@@ -18,10 +19,17 @@ def bounding_box(
     key: tuple[Any, ...], shape: tuple[int, ...]
 ) -> tuple[tuple[slice, ...], list[Any]]:
     """Unit-step slices that cover an outer-indexing key, and what to pick from them
-    (integers keep a length-1 axis in the box and are dropped by :func:`pick`)."""
+    (integers keep a length-1 axis in the box and are dropped by :func:`pick`); nothing
+    to pick (an empty list) when the key is unit-step slices, as dask's chunks are."""
     box, picks = [], []
+    unit = True
     for k, n in zip(key, shape, strict=True):
-        if isinstance(k, int | np.integer):
+        if type(k) is slice and k.step in (None, 1):  # the common case, first
+            start, stop, _ = k.indices(n)
+            box.append(slice(start, max(start, stop)))
+            picks.append(slice(None))
+        elif isinstance(k, int | np.integer):
+            unit = False
             k = int(k) + (n if k < 0 else 0)
             box.append(slice(k, k + 1))
             picks.append(0)
@@ -31,12 +39,14 @@ def bounding_box(
             last = start + (count - 1) * step + 1 if count else start
             box.append(slice(start, last))
             picks.append(slice(None, None, step) if step != 1 else slice(None))
+            unit = unit and step == 1
         else:
+            unit = False
             k = np.asarray(k)
             lo = int(k.min()) if k.size else 0
             box.append(slice(lo, int(k.max()) + 1 if k.size else 0))
             picks.append(k - lo)
-    return tuple(box), picks
+    return tuple(box), [] if unit else picks
 
 
 def pick(data: np.ndarray, picks: list[Any]) -> np.ndarray:
@@ -67,6 +77,28 @@ def chunk_part(
         slice(max(s.start, i * c), min(s.stop, (i + 1) * c))
         for s, i, c in zip(box, where, chunks, strict=True)
     )
+
+
+@functools.lru_cache(maxsize=1024)
+def box_parts(
+    bounds: tuple[tuple[int, int], ...], chunks: tuple[int, ...]
+) -> tuple[tuple[tuple[int, ...], tuple[slice, ...], tuple[slice, ...]], ...]:
+    """How to assemble the box ``bounds`` (``(start, stop)`` per axis, non-empty) from
+    chunks of shape ``chunks``: for every chunk it touches, in C order, its chunk-grid
+    index, the part of the chunk inside the box (in the chunk's own indices) and where
+    that part goes (in the box's indices). Pure; memoized, since a window is read with
+    the same parts from every file of a stack."""
+    box = tuple(slice(a, b) for a, b in bounds)
+    parts = []
+    for where in itertools.product(*chunk_ranges(box, chunks)):
+        part = chunk_part(box, where, chunks)
+        within = tuple(
+            slice(p.start - i * c, p.stop - i * c)
+            for p, i, c in zip(part, where, chunks, strict=True)
+        )
+        dst = tuple(slice(p.start - a, p.stop - a) for p, (a, _) in zip(part, bounds, strict=True))
+        parts.append((where, within, dst))
+    return tuple(parts)
 
 
 def failing_chunk(
