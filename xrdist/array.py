@@ -107,10 +107,14 @@ def _check_not_modified(path: str, identity: FileIdentity, name: str) -> None:
     deleted or replaced by another meanwhile was read whole through the open handle,
     which still reads the original."""
     try:
-        now = FileIdentity.of(path)
+        st = os.stat(path)  # compared field by field: every read of every file passes here
     except OSError:
         return
-    if now.same_file(identity) and now != identity:
+    if st.st_ino == identity.inode and (st.st_size, st.st_mtime_ns) != (
+        identity.size,
+        identity.mtime_ns,
+    ):
+        now = FileIdentity(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         raise FileChangedError(
             f"{path!r} {identity.describe_change(now)} while variable {name!r} was being "
             "read from it; the values read cannot be trusted. Open the dataset again."
@@ -427,11 +431,19 @@ class StackArray(BackendArray):
         if backwards:
             batches.reverse()
 
+        file_of = files.tolist()  # Python ints: no numpy scalars per file read below
+        start_of = self.starts.tolist()
+        position_of = positions.tolist()
+
         def read_part(lo: int, hi: int) -> np.ndarray:
             """The raw values of one file's run of positions, shaped like out's slot."""
-            f = int(files[lo])
+            f = file_of[lo]
             if self.in_files:
-                local = _local_key(positions[lo:hi] - self.starts[f])
+                if hi - lo == 1:  # one position (one date per file): its slice
+                    p = position_of[lo] - start_of[f]
+                    local: slice | np.ndarray = slice(p, p + 1)
+                else:
+                    local = _local_key(positions[lo:hi] - self.starts[f])
                 return self._read_raw(f, (*key[:axis], local, *key[axis + 1 :]))
             raw = self._read_raw(f, (*key[:axis], *key[axis + 1 :]))
             return np.expand_dims(raw, out_axis)  # the file's variable, repeated along the run
@@ -456,7 +468,7 @@ class StackArray(BackendArray):
                         buffer = np.empty(target.shape, raw_dtype)
                 elif not np.can_cast(raw.dtype, raw_dtype, casting="equiv"):
                     raise ValueError(
-                        f"variable {self.name!r} of {self.proxies[int(files[lo])].path!r} "
+                        f"variable {self.name!r} of {self.proxies[file_of[lo]].path!r} "
                         f"reads as {raw.dtype}, another file of the stack as {raw_dtype}: "
                         "the files changed since the stack was opened; open it again"
                     )

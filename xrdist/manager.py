@@ -200,9 +200,14 @@ class HandleManager:
     def _setup(self) -> None:
         """(Re)initialise all per-process state: at creation and in a forked child."""
         self._pid = os.getpid()
+        self._forks = _forks_seen
         self._lock = threading.Lock()
+        # The idle handles, by key: the LRU's own store, read directly by lookups (a
+        # read of the LRU would reorder it, a step a lease that takes the entry out of
+        # the LRU at once does not need); all changes go through the LRU.
+        self._idle_store: dict[tuple[Any, ...], _Entry] = {}
         self._idle: zict.LRU[tuple[Any, ...], _Entry] = zict.LRU(
-            self._maxsize, {}, on_evict=self._on_evict
+            self._maxsize, self._idle_store, on_evict=self._on_evict
         )
         self._leased: dict[tuple[Any, ...], _Entry] = {}
         self._retired: set[_Entry] = set()
@@ -318,10 +323,10 @@ class HandleManager:
                     owner = pending is None
                     if owner:
                         pending = self._opening[key] = threading.Event()
+                else:
+                    self._counts["hits"] += 1  # taken back if stale (one lock per hit)
             if entry is not None:
                 if self._is_fresh(entry):
-                    with self._lock:
-                        self._counts["hits"] += 1
                     return entry, False
                 continue  # stale: retired by _is_fresh; open it anew
             assert pending is not None
@@ -334,9 +339,9 @@ class HandleManager:
         """Under the lock: the live entry of ``key`` with one more lease, or None."""
         entry = self._leased.get(key)
         if entry is None:
-            if key not in self._idle:
+            entry = self._idle_store.get(key)
+            if entry is None:
                 return None
-            entry = self._idle[key]
             del self._idle[key]
             self._leased[key] = entry
             self._sync_offset()
@@ -380,8 +385,8 @@ class HandleManager:
                 else:
                     del self._leased[key]
                     self._sync_offset()
-                    self._idle[key] = entry  # may evict the oldest idle handles
-                    self._enforce_bounds()
+                    self._idle.set_noevict(key, entry)
+                    self._enforce_bounds()  # may evict the oldest idle handles
             doomed = self._take_doomed()
         self._close_all(doomed, raise_errors=False)
 
@@ -412,6 +417,7 @@ class HandleManager:
 
     def _release_stale(self, entry: _Entry) -> None:
         with self._lock:
+            self._counts["hits"] -= 1  # counted when taken
             if not entry.retired:
                 self._retire(entry.spec.key)
         self._checkin(entry)
@@ -504,7 +510,10 @@ class HandleManager:
     # -- processes -------------------------------------------------------------------
 
     def _check_pid(self) -> None:
-        if self._pid != os.getpid():
+        """Forget the parent's state in a forked child: on every lease, so it compares a
+        count of forks kept by an at-fork hook (a system call here cost a second thread
+        of readers its turn at the GIL)."""
+        if self._forks != _forks_seen:
             self._forget()
 
     def _forget(self) -> None:
@@ -536,11 +545,14 @@ _managers: weakref.WeakSet[HandleManager] = weakref.WeakSet()
 _inherited: list[Any] = []
 _global_manager: HandleManager | None = None
 _global_lock = threading.Lock()
+# Forks this process descends from since xrdist was imported (see _check_pid).
+_forks_seen = 0
 
 
 def _after_fork_in_child() -> None:
-    global _global_lock
+    global _global_lock, _forks_seen
     _global_lock = threading.Lock()
+    _forks_seen += 1
     for manager in list(_managers):
         manager._forget()
 
