@@ -510,9 +510,9 @@ class HandleManager:
     # -- processes -------------------------------------------------------------------
 
     def _check_pid(self) -> None:
-        """Forget the parent's state in a forked child: on every lease, so it compares a
-        count of forks kept by an at-fork hook (a system call here cost a second thread
-        of readers its turn at the GIL)."""
+        """Forget the parent's state in a forked child. Runs on every lease, so it
+        compares a count of forks kept by the at-fork hook (which forgets first) rather
+        than calling ``os.getpid()``, a system call per lease."""
         if self._forks != _forks_seen:
             self._forget()
 
