@@ -8,6 +8,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import dask
 import numpy as np
@@ -16,6 +17,7 @@ import pytest
 import xarray as xr
 
 import xrdist
+from xrdist.array import FileChangedError
 from xrdist.backend import XrdistBackendEntrypoint
 from xrdist.description import clear_descriptions, description_cache_info
 
@@ -287,6 +289,72 @@ def test_file_replaced_after_open_is_an_error_not_wrong_data(tmp_path, global_ca
     reopened = xr.open_dataset(path, engine="xrdist")
     np.testing.assert_array_equal(reopened.s.values, [7, 8, 9])
     np.testing.assert_array_equal(reopened.v.values, -np.arange(20_000))
+
+
+def _big_file(path: Path, values: np.ndarray) -> None:
+    """A netCDF-4 file whose variable ``v`` is above the size read with the metadata,
+    zlib-chunked: read by byte ranges."""
+    encoding = {"v": {"zlib": True, "chunksizes": (5_000,)}}
+    xr.Dataset({"v": ("x", values)}).to_netcdf(path, engine="netcdf4", encoding=encoding)
+
+
+def _stats_during(monkeypatch: pytest.MonkeyPatch, read: Any) -> int:
+    """How many ``os.stat`` calls ``read()`` makes (counted; os.stat still runs)."""
+    calls = []
+    real = os.stat
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", counting)
+    read()
+    monkeypatch.setattr(os, "stat", real)
+    return len(calls)
+
+
+def test_a_byte_range_read_checks_the_file_once_after_the_handle_is_indexed(
+    tmp_path, global_cache, monkeypatch
+):
+    """The first read of a variable checks the handle before and the file after; later
+    reads by byte ranges, which call no native library, check the file once, after."""
+    path = tmp_path / "a.nc"
+    _big_file(path, np.arange(20_000))
+    ds = xr.open_dataset(path, engine="xrdist", library="h5py")
+    assert _stats_during(monkeypatch, lambda: ds.v[:10].values) == 2  # not indexed yet
+    assert _stats_during(monkeypatch, lambda: ds.v[10:20].values) == 1  # indexed: after only
+    with xrdist.set_options(byte_range_reads=False):  # through h5py: before and after
+        assert _stats_during(monkeypatch, lambda: ds.v[20:30].values) == 2
+    np.testing.assert_array_equal(ds.v.values, np.arange(20_000))
+
+
+@pytest.mark.parametrize("change", ["modify", "replace"])
+def test_a_file_changed_after_an_indexed_read_is_an_error_naming_it(tmp_path, global_cache, change):
+    """A file changed after a read indexed its handle: the next read, which checks the
+    file only after reading, raises FileChangedError naming it; a dataset opened again
+    on the new file reads its values through a new handle."""
+    path = tmp_path / "a.nc"
+    _big_file(path, np.arange(20_000))
+    ds = xr.open_dataset(path, engine="xrdist", library="h5py")
+    np.testing.assert_array_equal(ds.v[:100].values, np.arange(100))  # indexes the handle
+    if change == "modify":
+        with open(path, "r+b") as f:  # other bytes in place, and a later mtime
+            f.seek(os.path.getsize(path) // 2)
+            f.write(os.urandom(64))
+        os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10**9))
+        words = "was modified"
+    else:
+        other = tmp_path / "b.nc"
+        _big_file(other, -np.arange(20_000))
+        os.replace(other, path)
+        words = "was replaced by another file after it was opened"
+    with pytest.raises(FileChangedError, match=words) as raised:
+        ds.v.values  # noqa: B018
+    assert str(path) in str(raised.value)
+    if change == "replace":
+        again = xr.open_dataset(path, engine="xrdist", library="h5py")
+        np.testing.assert_array_equal(again.v.values, -np.arange(20_000))
+        assert global_cache.info().stale_reopens == 1
 
 
 @pytest.mark.parametrize(

@@ -211,6 +211,36 @@ def test_replaced_file_is_reopened(make_h5, tmp_path, no_leaks):
     manager.clear()
 
 
+def test_unverified_lease_gives_the_cached_handle_until_verified(make_h5, tmp_path, no_leaks):
+    """lease(verify=False) hands out a cached handle without checking its file; verify()
+    then finds it stale, retires it (closed when that lease ends), and the next lease
+    reads the new file."""
+    (path,) = make_h5(1)
+    manager = HandleManager(maxsize=4)
+    read_x(manager, path)
+    replacement = str(tmp_path / "new.h5")
+    with h5py.File(replacement, "w") as f:
+        f["x"] = expected_values(7)
+    os.replace(replacement, path)
+    with manager.lease(spec_for(path), verify=False) as f:
+        np.testing.assert_array_equal(f["x"][:], expected_values(0))  # the old file
+        assert manager.info().stale_reopens == 0
+    lease = manager.lease(spec_for(path), verify=False)
+    with lease:
+        assert lease.verify() is False
+        assert manager.info().open_now == 1  # retired, still open for this lease
+    assert manager.info().open_now == 0
+    np.testing.assert_array_equal(read_x(manager, path), expected_values(7))
+    info = manager.info()
+    assert (info.stale_reopens, info.opens, info.hits, info.misses) == (1, 2, 1, 2)
+    with manager.lease(spec_for(path), verify=False) as _:
+        pass
+    lease = manager.lease(spec_for(path), verify=False)
+    with lease:
+        assert lease.verify() is True
+    manager.clear()
+
+
 def test_rewritten_file_is_reopened(make_h5, tmp_path, no_leaks):
     """A file rewritten in place (same inode, new size/mtime) is reopened."""
     (path,) = make_h5(1)

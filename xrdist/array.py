@@ -71,34 +71,90 @@ def read_window(
 ) -> np.ndarray:
     """``name[key]`` (outer indexing) from one file, under a lease; raises
     :class:`FileChangedError` if the file is not the one that was described, or if it
-    was modified in place while the window was being read (a torn read)."""
-    lease = proxy.lease()
+    was modified in place while the window was being read (a torn read).
+
+    A variable read by byte ranges whose index the handle already holds (the format's
+    ``reads_by_byte_ranges``) is read first and checked after, with one ``stat``: the
+    read calls no native library, so a handle gone stale since it was cached yields at
+    worst wrong bytes, and the check sees that the file differs from the one described.
+    Every other read checks the handle before (the lease) and the file after: a native
+    library must never read a file through a stale handle."""
+    fmt = get_format(library)
+    reads_by_byte_ranges = getattr(fmt, "reads_by_byte_ranges", None)
+    lease = proxy.lease(verify=reads_by_byte_ranges is None)
     with lease as handle:
-        if lease.identity is not None and lease.identity != identity:
-            raise FileChangedError(
-                f"{proxy.path!r} {identity.describe_change(lease.identity)} after it was "
-                f"opened; variable {name!r} cannot be read from it safely. Open the "
-                "dataset again."
-            )
-        try:
-            data = np.asarray(get_format(library).read(handle, group, name, key))
-        except IndexError as err:
-            raise IndexError(
-                f"cannot index variable {name!r} of {proxy.path!r} with {key!r}: {err}"
-            ) from err
-        except LIBRARY_ERRORS as err:  # a damaged file: say which file and variable
-            try:  # unless it was changed under the read (say that, whatever the library saw)
-                _check_not_modified(proxy.path, identity, name)
-            except FileChangedError as changed:
-                raise changed from err
-            if proxy.path in str(err):
-                raise
-            raise naming_path(err, f"cannot read variable {name!r} of {proxy.path!r}") from err
-        except MemoryError as err:
-            err.add_note(f"while reading variable {name!r} of {proxy.path!r} with {key!r}")
+        opened_on = lease.identity
+        stale = False
+        if reads_by_byte_ranges is not None:
+            if (opened_on is None or opened_on == identity) and reads_by_byte_ranges(
+                handle, group, name
+            ):
+                data = _read(fmt, handle, proxy.path, group, name, identity, key, _check_unchanged)
+                _check_unchanged(proxy.path, identity, name)
+                return data
+            stale = not lease.opened and not lease.verify()  # a stale handle is retired
+        if not stale:
+            if opened_on is not None and opened_on != identity:
+                raise FileChangedError(
+                    f"{proxy.path!r} {identity.describe_change(opened_on)} after it was "
+                    f"opened; variable {name!r} cannot be read from it safely. Open the "
+                    "dataset again."
+                )
+            data = _read(fmt, handle, proxy.path, group, name, identity, key, _check_not_modified)
+            _check_not_modified(proxy.path, identity, name)
+            return data
+    return read_window(proxy, library, group, name, identity, key)  # through a new handle
+
+
+def _read(
+    fmt: Any,
+    handle: Any,
+    path: str,
+    group: str | None,
+    name: str,
+    identity: FileIdentity,
+    key: tuple[Any, ...],
+    check: Callable[[str, FileIdentity, str], None],
+) -> np.ndarray:
+    """``fmt.read`` with errors that name the file and variable; a library error on a
+    file that ``check`` finds changed is reported as that change."""
+    try:
+        return np.asarray(fmt.read(handle, group, name, key))
+    except IndexError as err:
+        raise IndexError(f"cannot index variable {name!r} of {path!r} with {key!r}: {err}") from err
+    except LIBRARY_ERRORS as err:  # a damaged file: say which file and variable
+        try:  # unless it was changed under the read (say that, whatever the library saw)
+            check(path, identity, name)
+        except FileChangedError as changed:
+            raise changed from err
+        if path in str(err):
             raise
-        _check_not_modified(proxy.path, identity, name)
-        return data
+        raise naming_path(err, f"cannot read variable {name!r} of {path!r}") from err
+    except MemoryError as err:
+        err.add_note(f"while reading variable {name!r} of {path!r} with {key!r}")
+        raise
+
+
+def _check_unchanged(path: str, identity: FileIdentity, name: str) -> None:
+    """After a read through a handle not checked before it: raise if the file on disk is
+    not exactly the one described (modified in place or replaced, before or during the
+    read). A file deleted meanwhile was read whole through the open handle, which was
+    opened on the described file and still reads it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return
+    if (st.st_ino, st.st_size, st.st_mtime_ns) != (
+        identity.inode,
+        identity.size,
+        identity.mtime_ns,
+    ):
+        now = FileIdentity(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        raise FileChangedError(
+            f"{path!r} {identity.describe_change(now)} after it was opened, before or while "
+            f"variable {name!r} was being read from it; the values read cannot be trusted. "
+            "Open the dataset again."
+        )
 
 
 def _check_not_modified(path: str, identity: FileIdentity, name: str) -> None:

@@ -154,11 +154,12 @@ class Lease:
     opened on (``None`` when the spec names no path). A lease is used once, by one thread.
     """
 
-    __slots__ = ("_entry", "_manager", "_spec", "opened")
+    __slots__ = ("_entry", "_manager", "_spec", "_verify", "opened")
 
-    def __init__(self, manager: HandleManager, spec: FileSpec) -> None:
+    def __init__(self, manager: HandleManager, spec: FileSpec, verify: bool = True) -> None:
         self._manager = manager
         self._spec = spec
+        self._verify = verify
         self._entry: _Entry | None = None
         #: True if entering this lease opened the file (a miss), False if it was cached.
         self.opened = False
@@ -166,8 +167,17 @@ class Lease:
     def __enter__(self) -> Any:
         if self._entry is not None:
             raise RuntimeError("a Lease is entered once; call lease() again")
-        self._entry, self.opened = self._manager._checkout(self._spec)
+        self._entry, self.opened = self._manager._checkout(self._spec, self._verify)
         return self._entry.handle
+
+    def verify(self) -> bool:
+        """Inside a lease entered with ``verify=False``: check the file on disk now, as
+        entering with ``verify=True`` would have. False if the handle is stale: it is
+        then retired (closed when this lease ends) and the next lease opens the file
+        anew. Raises ``FileNotFoundError`` if the file was deleted."""
+        if self._entry is None:
+            raise RuntimeError("Lease.verify() is called inside the with block")
+        return self._manager._is_fresh(self._entry, held=True)
 
     def __exit__(self, *exc: object) -> None:
         entry, self._entry = self._entry, None
@@ -219,14 +229,20 @@ class HandleManager:
 
     # -- public API ------------------------------------------------------------------
 
-    def lease(self, spec: FileSpec) -> Lease:
+    def lease(self, spec: FileSpec, verify: bool = True) -> Lease:
         """A context manager that yields the open handle of ``spec`` for its duration.
 
         Raises the opener's error, with the path in the message, if the file cannot be
         opened (nothing is cached then), and ``FileNotFoundError`` if a cached file was
         deleted from disk.
+
+        A cached handle is first checked against the file on disk (one ``stat``) and
+        reopened if the file was replaced or modified since. ``verify=False`` skips
+        that check: the handle may then be stale, and the caller must check the file
+        itself once it has used the handle, and use it only where a stale handle cannot
+        harm the process (plain positional reads; never a native library's calls).
         """
-        return Lease(self, spec)
+        return Lease(self, spec, verify)
 
     def acquire(self, spec: FileSpec) -> Any:
         """The open handle of ``spec`` without a lease: it may be closed by eviction at
@@ -311,8 +327,9 @@ class HandleManager:
 
     # -- leases ----------------------------------------------------------------------
 
-    def _checkout(self, spec: FileSpec) -> tuple[_Entry, bool]:
-        """One more lease of ``spec``'s handle; True if this call opened the file."""
+    def _checkout(self, spec: FileSpec, verify: bool = True) -> tuple[_Entry, bool]:
+        """One more lease of ``spec``'s handle; True if this call opened the file.
+        ``verify``: check a cached handle's file on disk first (see ``lease``)."""
         self._check_pid()
         key = spec.key
         while True:
@@ -326,7 +343,7 @@ class HandleManager:
                 else:
                     self._counts["hits"] += 1  # taken back if stale (one lock per hit)
             if entry is not None:
-                if self._is_fresh(entry):
+                if not verify or self._is_fresh(entry):
                     return entry, False
                 continue  # stale: retired by _is_fresh; open it anew
             assert pending is not None
@@ -390,15 +407,16 @@ class HandleManager:
             doomed = self._take_doomed()
         self._close_all(doomed, raise_errors=False)
 
-    def _is_fresh(self, entry: _Entry) -> bool:
-        """Outside the lock: check the file on disk; retire the entry if it is stale."""
+    def _is_fresh(self, entry: _Entry, held: bool = False) -> bool:
+        """Outside the lock: check the file on disk; if it is stale, retire the entry
+        and check it in (unless ``held``: a lease holds it and checks it in at its end)."""
         spec, before = entry.spec, entry.identity
         if before is None or spec.path is None:
             return True
         try:
             now = FileIdentity.of(spec.path)
         except FileNotFoundError:
-            self._release_stale(entry)
+            self._release_stale(entry, held)
             raise FileNotFoundError(
                 f"{spec.path!r} was deleted while its handle was cached "
                 f"({spec.describe()}); it cannot be read any more"
@@ -410,17 +428,18 @@ class HandleManager:
         else:
             fresh = now == before
         if not fresh:
-            self._release_stale(entry)
+            self._release_stale(entry, held)
             with self._lock:
                 self._counts["stale_reopens"] += 1
         return fresh
 
-    def _release_stale(self, entry: _Entry) -> None:
+    def _release_stale(self, entry: _Entry, held: bool = False) -> None:
         with self._lock:
             self._counts["hits"] -= 1  # counted when taken
             if not entry.retired:
                 self._retire(entry.spec.key)
-        self._checkin(entry)
+        if not held:
+            self._checkin(entry)
 
     # -- opening and closing ---------------------------------------------------------
 

@@ -78,9 +78,10 @@ class HandleProxy:
             lock=self.lock,
         )
 
-    def lease(self) -> Lease:
-        """Borrow the open handle from this process's manager for a ``with`` block."""
-        return get_manager().lease(self.spec)
+    def lease(self, verify: bool = True) -> Lease:
+        """Borrow the open handle from this process's manager for a ``with`` block
+        (``verify``: see :meth:`~xrdist.manager.HandleManager.lease`)."""
+        return get_manager().lease(self.spec, verify)
 
     def close(self) -> None:
         """Close this file's handle in this process (when its last lease ends)."""

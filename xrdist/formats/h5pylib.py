@@ -359,6 +359,20 @@ def _byte_ranges(handle: h5py.File) -> _ByteRanges:
     return found
 
 
+def reads_by_byte_ranges(handle: h5py.File, group: str | None, name: str) -> bool:
+    """True if ``read`` of ``name`` through ``handle`` makes no HDF5 call: byte-range
+    reads are on and the variable's byte-range index is already built, so the read is
+    positional reads and xrdist's decoders only (a stale handle then yields at worst
+    wrong bytes, which the caller's check of the file after the read catches). Makes
+    no HDF5 call itself; thread-safe."""
+    if not get_option("byte_range_reads"):
+        return False
+    found = _by_handle.get(id(handle))
+    if found is None or found.ref() is not handle:
+        return False
+    return isinstance(found.indexes.get((group, name)), ChunkIndex | ContiguousIndex)
+
+
 def chunk_index(
     handle: h5py.File, group: str | None, name: str
 ) -> ChunkIndex | ContiguousIndex | str:

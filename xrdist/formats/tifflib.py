@@ -278,6 +278,21 @@ def tiles(handle: tifffile.TiffFile, group: str | None) -> Tiles:
     return found
 
 
+def reads_by_byte_ranges(handle: tifffile.TiffFile, group: str | None, name: str) -> bool:
+    """True if ``read`` of ``name`` through ``handle`` needs no tifffile call: its tile
+    offsets are already known, so it is positional reads and decoding only (a stale
+    handle then yields at worst wrong bytes, which the caller's check of the file after
+    the read catches). Makes no call into tifffile itself; thread-safe."""
+    if name != VARIABLE:
+        return False
+    try:
+        level = _level(group)
+    except ValueError:
+        return False
+    with _tiles_lock:
+        return _tiles.get(handle, {}).get(level) is not None
+
+
 def read(handle: tifffile.TiffFile, group: str | None, name: str, key: tuple[Any, ...]) -> Any:
     """``band_data[key]`` (outer indexing): only the tiles the window touches are read."""
     if name != VARIABLE:
