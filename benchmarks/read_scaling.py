@@ -9,6 +9,11 @@ instead: far cheaper than numpy's NaN-aware sum, so that reading and decoding ar
 nearly all of the time (the sum, which two threads run twice as fast, flatters the
 scaling of the reads).
 
+A last row reads the same windows straight from each file's chunk index with a plain
+thread pool (no leases, no checks of the files, no dask): the most a whole read could
+gain from a second core on this machine with xrdist's decoders. Each repeat runs one
+and two threads back to back, and the speed-up is the median of the repeats' ratios.
+
 A second table times the steps of a read alone, without xrdist's per-file work (leases,
 checks, window assembly) or dask: the raw bytes of every on-disk chunk of one window are
 read once, then inflated, unshuffled and decoded over and over by 1 and 2 threads. Their
@@ -23,6 +28,7 @@ import statistics
 import sys
 import time
 import warnings
+from typing import Any
 
 
 def main() -> int:
@@ -43,25 +49,106 @@ def main() -> int:
         f"{len(paths)} files, decoded: {not args.raw}, chunks {args.chunk}, "
         f"reduction: {args.reduction}\n"
     )
-    print("| path | threads | median s |\n|---|---|---|")
+
+    def whole_read(byte_range: bool, n: int) -> tuple[float, float]:
+        options = xrdist.set_options(byte_range_reads=byte_range, read_threads=n)
+        with options, dask.config.set(scheduler="threads", num_workers=n):
+            ds = xrdist.open_mfdataset(
+                paths,
+                chunks={"time": -1, "y": args.chunk, "x": args.chunk},
+                mask_and_scale=not args.raw,
+            )
+            return timed(lambda: float(getattr(ds.refl, args.reduction)()))
+
+    print(TABLE_HEAD)
     for byte_range in (True, False):
-        for n in (1, 2):
-            times = []
-            for _ in range(args.repeat):
-                options = xrdist.set_options(byte_range_reads=byte_range, read_threads=n)
-                with options, dask.config.set(scheduler="threads", num_workers=n):
-                    ds = xrdist.open_mfdataset(
-                        paths,
-                        chunks={"time": -1, "y": args.chunk, "x": args.chunk},
-                        mask_and_scale=not args.raw,
-                    )
-                    t = time.perf_counter()
-                    float(getattr(ds.refl, args.reduction)())
-                    times.append(time.perf_counter() - t)
-            path = "byte-range" if byte_range else "h5py"
-            print(f"| {path} | {n} | {statistics.median(times):.2f} |", flush=True)
+        whole_read(byte_range, 1)  # warm: handles, indexes, page cache
+        path = "byte-range" if byte_range else "h5py"
+        print_paired(path, lambda n, b=byte_range: whole_read(b, n), args.repeat)
+    bare = bare_reads(paths, args.chunk, args.reduction, not args.raw)
+    bare(1)
+    print_paired("chunk index alone: no leases, checks or dask", bare, args.repeat)
+    print(
+        "\nPaired: each repeat runs 1 and 2 threads back to back (in turn first), and "
+        "the speed-up is the median of the repeats' own ratios, so that a host whose "
+        "speed drifts between repeats moves both sides. Cores busy: process CPU time "
+        "over wall time."
+    )
     steps_alone(paths, args.repeat)
     return 0
+
+
+TABLE_HEAD = (
+    "| path | threads | median s | CPU s | cores busy | speed-up, paired |\n"
+    "|---|---|---|---|---|---|"
+)
+
+
+def timed(run: Any) -> tuple[float, float]:
+    """Wall and process CPU seconds of ``run()``."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    run()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def print_paired(path: str, read: Any, repeat: int) -> None:
+    """Rows for 1 and 2 threads of ``read(n) -> (wall, cpu)``, run in pairs."""
+    runs: dict[int, list[tuple[float, float]]] = {1: [], 2: []}
+    for r in range(repeat):
+        for n in (1, 2) if r % 2 == 0 else (2, 1):
+            runs[n].append(read(n))
+    ratios = [one[0] / two[0] for one, two in zip(runs[1], runs[2], strict=True)]
+    for n in (1, 2):
+        wall = statistics.median(w for w, _ in runs[n])
+        cpu = statistics.median(c for _, c in runs[n])
+        gain = f"{statistics.median(ratios):.2f}" if n == 2 else ""
+        print(f"| {path} | {n} | {wall:.2f} | {cpu:.2f} | {cpu / wall:.2f} | {gain} |", flush=True)
+
+
+def bare_reads(paths: list[str], chunk: int, reduction: str, decoded: bool) -> Any:
+    """``read(n)``: the same windows as the whole read, by ``n`` threads of a plain pool,
+    with the same steps (positional reads, xrdist's inflate and unshuffle, conversion,
+    masking and scaling, the reduction) and none of xrdist's layers around them: no
+    leases, no checks of the files, no dask. What the machine allows a read to gain."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    import h5py
+    import numpy as np
+
+    from xrdist.byterange import build_chunk_index
+
+    indexes, fds = [], []
+    for path in paths:
+        with h5py.File(path, "r") as f:
+            dset = f["refl"]
+            indexes.append(build_chunk_index(dset, path, "refl"))
+            fill = dset.attrs.get("_FillValue", [None])[0]
+            scale = dset.attrs.get("scale_factor", [None])[0]
+        fds.append(os.open(path, os.O_RDONLY))
+    first = indexes[0]
+    dates, ny, nx = len(paths), first.shape[1], first.shape[2]
+    windows = [(y, x) for y in range(0, ny, chunk) for x in range(0, nx, chunk)]
+    reduce = np.nanmax if reduction == "max" else np.nansum
+
+    def window(corner: tuple[int, int]) -> float:
+        y, x = corner
+        box = (slice(0, 1), slice(y, min(ny, y + chunk)), slice(x, min(nx, x + chunk)))
+        out = np.empty((dates, box[1].stop - y, box[2].stop - x), "f4" if decoded else first.dtype)
+        for t, (index, fd) in enumerate(zip(indexes, fds, strict=True)):
+            np.copyto(out[t : t + 1], index.read_box(fd, box), casting="unsafe")
+        if decoded:
+            if fill is not None:
+                np.copyto(out, np.nan, where=out == np.float32(fill))
+            if scale is not None:
+                out *= np.float32(scale)
+        return float(reduce(out))
+
+    def read(n: int) -> tuple[float, float]:
+        with ThreadPoolExecutor(n) as pool:
+            return timed(lambda: list(pool.map(window, windows)))
+
+    return read
 
 
 #: Passes over the chunks per timing of a step alone (long enough to time steadily).
