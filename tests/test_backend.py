@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -11,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import dask
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
+import tifffile
 import xarray as xr
 
 import xrdist
@@ -355,6 +358,55 @@ def test_a_file_changed_after_an_indexed_read_is_an_error_naming_it(tmp_path, gl
         again = xr.open_dataset(path, engine="xrdist", library="h5py")
         np.testing.assert_array_equal(again.v.values, -np.arange(20_000))
         assert global_cache.info().stale_reopens == 1
+
+
+@pytest.mark.parametrize("kind", ["netcdf", "tiff"])
+def test_a_file_rewritten_in_place_then_moved_is_an_error_not_its_new_values(
+    tmp_path, global_cache, kind
+):
+    """A file rewritten in place (same inode, as cp does) and then moved away: a read by
+    byte ranges through the handle cached before cannot check the file after the read,
+    so it raises, naming it, instead of returning the rewritten bytes."""
+    if kind == "netcdf":
+        path, other = tmp_path / "a.nc", tmp_path / "b.nc"
+        _big_file(path, np.arange(20_000))
+        _big_file(other, -np.arange(20_000))
+        ds = xr.open_dataset(path, engine="xrdist", library="h5py")
+        ds.v[:10].values  # noqa: B018  (indexes the handle)
+    else:
+        path, other = tmp_path / "a.tif", tmp_path / "b.tif"
+        image = np.arange(64 * 64, dtype="u2").reshape(64, 64)
+        tifffile.imwrite(path, image, tile=(16, 16))
+        tifffile.imwrite(other, 60_000 - image, tile=(16, 16))
+        ds = xr.open_dataset(path, engine="xrdist", mask_and_scale=False)
+    shutil.copyfile(other, path)  # the same inode, the other file's bytes
+    os.rename(path, tmp_path / "moved")
+    with pytest.raises(FileChangedError, match="cannot be checked after variable") as raised:
+        ds[next(iter(ds.data_vars))].values  # noqa: B018
+    assert str(path) in str(raised.value)
+
+
+def test_a_byte_range_reader_reads_no_option_once_made(tmp_path, global_cache, monkeypatch):
+    """The path of a read is decided once: a byte-range reader made for a handle reads by
+    byte ranges even if another thread turns them off meanwhile, so an unchecked handle
+    never reaches h5py."""
+    from xrdist.formats import h5pylib
+
+    path = tmp_path / "a.nc"
+    _big_file(path, np.arange(20_000))
+    proxy = h5pylib.proxy(str(path))
+    with proxy.lease() as handle:
+        h5pylib.read(handle, None, "v", (slice(0, 10),))  # builds the index
+        reader = h5pylib.byte_range_reader(handle, None, "v")
+        assert reader is not None
+        with xrdist.set_options(byte_range_reads=False):
+            assert h5pylib.byte_range_reader(handle, None, "v") is None
+
+            def no_h5py(*args: Any) -> Any:
+                raise AssertionError("h5py read through a handle that was not checked")
+
+            monkeypatch.setattr(h5py.Dataset, "__getitem__", no_h5py)
+            np.testing.assert_array_equal(reader((slice(100, 110),)), np.arange(100, 110))
 
 
 @pytest.mark.parametrize(

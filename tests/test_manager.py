@@ -241,6 +241,37 @@ def test_unverified_lease_gives_the_cached_handle_until_verified(make_h5, tmp_pa
     manager.clear()
 
 
+def test_verify_of_a_lease_that_opened_the_file_takes_back_no_hit(make_h5, no_leaks):
+    """verify() finding a stale handle takes back the hit its lease counted; a lease that
+    opened the file counted a miss, not a hit, so none is taken back."""
+    (path,) = make_h5(1)
+    manager = HandleManager(maxsize=4)
+    lease = manager.lease(spec_for(path), verify=False)
+    with lease:
+        assert lease.opened
+        with open(path, "ab") as f:  # a larger file: the handle is stale now
+            f.write(b"0" * 16)
+        assert lease.verify() is False
+    info = manager.info()
+    assert (info.hits, info.misses, info.stale_reopens) == (0, 1, 1)
+    manager.clear()
+
+
+def test_a_lease_whose_file_cannot_be_checked_is_not_left_leased(make_h5, no_leaks):
+    """A cached file whose path became a folder: the lease raises, and the handle is
+    neither left leased nor counted as a hit."""
+    (path,) = make_h5(1)
+    manager = HandleManager(maxsize=4)
+    read_x(manager, path)
+    os.rename(path, path + ".old")
+    os.mkdir(path)
+    with pytest.raises(IsADirectoryError):
+        read_x(manager, path)
+    info = manager.info()
+    assert (info.leased_now, info.open_now, info.hits) == (0, 0, 0)
+    manager.clear()
+
+
 def test_rewritten_file_is_reopened(make_h5, tmp_path, no_leaks):
     """A file rewritten in place (same inode, new size/mtime) is reopened."""
     (path,) = make_h5(1)

@@ -74,22 +74,24 @@ def read_window(
     was modified in place while the window was being read (a torn read).
 
     A variable read by byte ranges whose index the handle already holds (the format's
-    ``reads_by_byte_ranges``) is read first and checked after, with one ``stat``: the
-    read calls no native library, so a handle gone stale since it was cached yields at
-    worst wrong bytes, and the check sees that the file differs from the one described.
-    Every other read checks the handle before (the lease) and the file after: a native
-    library must never read a file through a stale handle."""
+    ``byte_range_reader``) is read first and checked after, with one ``stat``: the read
+    calls no native library, so a handle gone stale since it was cached yields at worst
+    wrong bytes, and the check sees that the file differs from the one described (or is
+    gone, when it cannot tell). Every other read checks the handle before (the lease)
+    and the file after: a native library must never read a file through a stale
+    handle."""
     fmt = get_format(library)
-    reads_by_byte_ranges = getattr(fmt, "reads_by_byte_ranges", None)
-    lease = proxy.lease(verify=reads_by_byte_ranges is None)
+    byte_range_reader = getattr(fmt, "byte_range_reader", None)
+    lease = proxy.lease(verify=byte_range_reader is None)
     with lease as handle:
         opened_on = lease.identity
         stale = False
-        if reads_by_byte_ranges is not None:
-            if (opened_on is None or opened_on == identity) and reads_by_byte_ranges(
-                handle, group, name
-            ):
-                data = _read(fmt, handle, proxy.path, group, name, identity, key, _check_unchanged)
+        if byte_range_reader is not None:
+            reader = None
+            if opened_on is None or opened_on == identity:
+                reader = byte_range_reader(handle, group, name)
+            if reader is not None:
+                data = _read(lambda: reader(key), proxy.path, name, identity, key, _check_unchanged)
                 _check_unchanged(proxy.path, identity, name)
                 return data
             stale = not lease.opened and not lease.verify()  # a stale handle is retired
@@ -100,26 +102,31 @@ def read_window(
                     f"opened; variable {name!r} cannot be read from it safely. Open the "
                     "dataset again."
                 )
-            data = _read(fmt, handle, proxy.path, group, name, identity, key, _check_not_modified)
+            data = _read(
+                lambda: fmt.read(handle, group, name, key),
+                proxy.path,
+                name,
+                identity,
+                key,
+                _check_not_modified,
+            )
             _check_not_modified(proxy.path, identity, name)
             return data
     return read_window(proxy, library, group, name, identity, key)  # through a new handle
 
 
 def _read(
-    fmt: Any,
-    handle: Any,
+    read: Callable[[], Any],
     path: str,
-    group: str | None,
     name: str,
     identity: FileIdentity,
     key: tuple[Any, ...],
     check: Callable[[str, FileIdentity, str], None],
 ) -> np.ndarray:
-    """``fmt.read`` with errors that name the file and variable; a library error on a
+    """``read()`` with errors that name the file and variable; a library error on a
     file that ``check`` finds changed is reported as that change."""
     try:
-        return np.asarray(fmt.read(handle, group, name, key))
+        return np.asarray(read())
     except IndexError as err:
         raise IndexError(f"cannot index variable {name!r} of {path!r} with {key!r}: {err}") from err
     except LIBRARY_ERRORS as err:  # a damaged file: say which file and variable
@@ -138,12 +145,17 @@ def _read(
 def _check_unchanged(path: str, identity: FileIdentity, name: str) -> None:
     """After a read through a handle not checked before it: raise if the file on disk is
     not exactly the one described (modified in place or replaced, before or during the
-    read). A file deleted meanwhile was read whole through the open handle, which was
-    opened on the described file and still reads it."""
+    read), or cannot be checked (deleted, moved, unreadable): the handle may have been
+    opened on it before it was rewritten in place and moved away, so its bytes cannot
+    be vouched for."""
     try:
         st = os.stat(path)
-    except OSError:
-        return
+    except OSError as err:
+        raise FileChangedError(
+            f"{path!r} cannot be checked after variable {name!r} was read from it "
+            f"({err.strerror or err}): it was deleted, moved or made unreadable since it "
+            "was opened, so the values read cannot be trusted. Open the dataset again."
+        ) from err
     if (st.st_ino, st.st_size, st.st_mtime_ns) != (
         identity.inode,
         identity.size,

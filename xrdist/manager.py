@@ -177,7 +177,7 @@ class Lease:
         anew. Raises ``FileNotFoundError`` if the file was deleted."""
         if self._entry is None:
             raise RuntimeError("Lease.verify() is called inside the with block")
-        return self._manager._is_fresh(self._entry, held=True)
+        return self._manager._is_fresh(self._entry, held=True, hit=not self.opened)
 
     def __exit__(self, *exc: object) -> None:
         entry, self._entry = self._entry, None
@@ -407,20 +407,24 @@ class HandleManager:
             doomed = self._take_doomed()
         self._close_all(doomed, raise_errors=False)
 
-    def _is_fresh(self, entry: _Entry, held: bool = False) -> bool:
-        """Outside the lock: check the file on disk; if it is stale, retire the entry
-        and check it in (unless ``held``: a lease holds it and checks it in at its end)."""
+    def _is_fresh(self, entry: _Entry, held: bool = False, hit: bool = True) -> bool:
+        """Outside the lock: check the file on disk; if it is stale (or cannot be
+        checked), retire the entry and check it in (unless ``held``: a lease holds it
+        and checks it in at its end), taking back its hit if ``hit`` counted one."""
         spec, before = entry.spec, entry.identity
         if before is None or spec.path is None:
             return True
         try:
             now = FileIdentity.of(spec.path)
         except FileNotFoundError:
-            self._release_stale(entry, held)
+            self._release_stale(entry, held, hit)
             raise FileNotFoundError(
                 f"{spec.path!r} was deleted while its handle was cached "
                 f"({spec.describe()}); it cannot be read any more"
             ) from None
+        except OSError:  # now a folder, no permission: not usable, and not left leased
+            self._release_stale(entry, held, hit)
+            raise
         if spec.writes:
             fresh = before.same_file(now)
             if fresh:
@@ -428,14 +432,15 @@ class HandleManager:
         else:
             fresh = now == before
         if not fresh:
-            self._release_stale(entry, held)
+            self._release_stale(entry, held, hit)
             with self._lock:
                 self._counts["stale_reopens"] += 1
         return fresh
 
-    def _release_stale(self, entry: _Entry, held: bool = False) -> None:
+    def _release_stale(self, entry: _Entry, held: bool, hit: bool) -> None:
         with self._lock:
-            self._counts["hits"] -= 1  # counted when taken
+            if hit:
+                self._counts["hits"] -= 1  # counted when taken
             if not entry.retired:
                 self._retire(entry.spec.key)
         if not held:

@@ -22,8 +22,10 @@ Functions here are thread-safe. Handles are shared through the handle manager; u
 
 from __future__ import annotations
 
+import functools
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import h5py
@@ -359,18 +361,31 @@ def _byte_ranges(handle: h5py.File) -> _ByteRanges:
     return found
 
 
-def reads_by_byte_ranges(handle: h5py.File, group: str | None, name: str) -> bool:
-    """True if ``read`` of ``name`` through ``handle`` makes no HDF5 call: byte-range
-    reads are on and the variable's byte-range index is already built, so the read is
-    positional reads and xrdist's decoders only (a stale handle then yields at worst
-    wrong bytes, which the caller's check of the file after the read catches). Makes
-    no HDF5 call itself; thread-safe."""
+def byte_range_reader(
+    handle: h5py.File, group: str | None, name: str
+) -> Callable[[tuple[Any, ...]], np.ndarray] | None:
+    """A function ``key -> name[key]`` (outer indexing) that reads through ``handle``
+    by byte ranges with no HDF5 call, or None: byte-range reads are off, or the
+    variable's index is not built yet, or it is read through h5py. The decision is made
+    here, once: the function reads no option. A stale handle then yields at worst
+    wrong bytes, which the caller's check of the file after the read catches. Makes no
+    HDF5 call; thread-safe."""
     if not get_option("byte_range_reads"):
-        return False
+        return None
     found = _by_handle.get(id(handle))
     if found is None or found.ref() is not handle:
-        return False
-    return isinstance(found.indexes.get((group, name)), ChunkIndex | ContiguousIndex)
+        return None
+    index = found.indexes.get((group, name))
+    if not isinstance(index, ChunkIndex | ContiguousIndex):
+        return None
+    return functools.partial(_read_by_byte_ranges, index, found.fd)
+
+
+def _read_by_byte_ranges(
+    index: ChunkIndex | ContiguousIndex, fd: int, key: tuple[Any, ...]
+) -> np.ndarray:
+    box, picks = bounding_box(key, index.shape)
+    return pick(index.read_box(fd, box), picks)
 
 
 def chunk_index(
@@ -407,8 +422,7 @@ def read(handle: h5py.File, group: str | None, name: str, key: tuple[Any, ...]) 
     if get_option("byte_range_reads"):
         index = chunk_index(handle, group, name)
         if not isinstance(index, str):
-            box, picks = bounding_box(key, index.shape)
-            return pick(index.read_box(_byte_ranges(handle).fd, box), picks)
+            return _read_by_byte_ranges(index, _byte_ranges(handle).fd, key)
     dset = dataset(handle, group, name)
     if h5py.check_string_dtype(dset.dtype) is not None and dset.dtype.kind == "O":
         dset = dset.asstr()

@@ -24,12 +24,14 @@ manager; proxies pickle as (opener, path).
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 import threading
 import warnings
 import weakref
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -278,28 +280,36 @@ def tiles(handle: tifffile.TiffFile, group: str | None) -> Tiles:
     return found
 
 
-def reads_by_byte_ranges(handle: tifffile.TiffFile, group: str | None, name: str) -> bool:
-    """True if ``read`` of ``name`` through ``handle`` needs no tifffile call: its tile
-    offsets are already known, so it is positional reads and decoding only (a stale
-    handle then yields at worst wrong bytes, which the caller's check of the file after
-    the read catches). Makes no call into tifffile itself; thread-safe."""
+def byte_range_reader(
+    handle: tifffile.TiffFile, group: str | None, name: str
+) -> Callable[[tuple[Any, ...]], np.ndarray] | None:
+    """A function ``key -> band_data[key]`` that reads through ``handle`` with no
+    tifffile call (its tile offsets already known: positional reads and decoding only),
+    or None. A stale handle then yields at worst wrong bytes, which the caller's check
+    of the file after the read catches. Makes no call into tifffile; thread-safe."""
     if name != VARIABLE:
-        return False
+        return None
     try:
         level = _level(group)
     except ValueError:
-        return False
+        return None
     with _tiles_lock:
-        return _tiles.get(handle, {}).get(level) is not None
+        index = _tiles.get(handle, {}).get(level)
+    if index is None:
+        return None
+    return functools.partial(_read_tiles, index, handle.filehandle.fileno())
+
+
+def _read_tiles(index: Tiles, fd: int, key: tuple[Any, ...]) -> np.ndarray:
+    box, picks = bounding_box(key, index.shape)
+    return pick(index.read_box(fd, box), picks)
 
 
 def read(handle: tifffile.TiffFile, group: str | None, name: str, key: tuple[Any, ...]) -> Any:
     """``band_data[key]`` (outer indexing): only the tiles the window touches are read."""
     if name != VARIABLE:
         raise KeyError(f"{handle.filehandle.path!r} has no variable {name!r}")
-    index = tiles(handle, group)
-    box, picks = bounding_box(key, index.shape)
-    return pick(index.read_box(handle.filehandle.fileno(), box), picks)
+    return _read_tiles(tiles(handle, group), handle.filehandle.fileno(), key)
 
 
 # --------------------------------------------------------------------- description
