@@ -156,14 +156,10 @@ def _check_unchanged(path: str, identity: FileIdentity, name: str) -> None:
             f"({err.strerror or err}): it was deleted, moved or made unreadable since it "
             "was opened, so the values read cannot be trusted. Open the dataset again."
         ) from err
-    if (st.st_ino, st.st_size, st.st_mtime_ns) != (
-        identity.inode,
-        identity.size,
-        identity.mtime_ns,
-    ):
-        now = FileIdentity(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if not identity.matches(st):
         raise FileChangedError(
-            f"{path!r} {identity.describe_change(now)} after it was opened, before or while "
+            f"{path!r} {identity.describe_change(FileIdentity.from_stat(st))} after it was "
+            "opened, before or while "
             f"variable {name!r} was being read from it; the values read cannot be trusted. "
             "Open the dataset again."
         )
@@ -175,14 +171,11 @@ def _check_not_modified(path: str, identity: FileIdentity, name: str) -> None:
     deleted or replaced by another meanwhile was read whole through the open handle,
     which still reads the original."""
     try:
-        st = os.stat(path)  # compared field by field: every read of every file passes here
+        st = os.stat(path)
     except OSError:
         return
-    if st.st_ino == identity.inode and (st.st_size, st.st_mtime_ns) != (
-        identity.size,
-        identity.mtime_ns,
-    ):
-        now = FileIdentity(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if st.st_ino == identity.inode and not identity.matches(st):
+        now = FileIdentity.from_stat(st)
         raise FileChangedError(
             f"{path!r} {identity.describe_change(now)} while variable {name!r} was being "
             "read from it; the values read cannot be trusted. Open the dataset again."

@@ -41,7 +41,17 @@ class FileIdentity:
                 "is a directory, not a file (pass the path of a file in it)",
                 os.fspath(path),
             )
+        return cls.from_stat(st)
+
+    @classmethod
+    def from_stat(cls, st: os.stat_result) -> FileIdentity:
+        """The identity that ``st`` (an ``os.stat`` result) records."""
         return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def matches(self, st: os.stat_result) -> bool:
+        """Whether ``st`` records this identity (``from_stat(st) == self`` without
+        building one: checks after every read of every file call this)."""
+        return (st.st_ino, st.st_size, st.st_mtime_ns) == (self.inode, self.size, self.mtime_ns)
 
     def same_file(self, other: FileIdentity) -> bool:
         """Same inode (content may have changed)."""

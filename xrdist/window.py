@@ -79,6 +79,14 @@ def chunk_part(
     )
 
 
+def read_outer(index: Any, fd: int, key: tuple[Any, ...]) -> np.ndarray:
+    """``key`` (outer indexing) read through ``index``, anything with a ``shape`` and a
+    ``read_box(fd, box)`` that reads a unit-step box from the file descriptor ``fd``
+    (HDF5 chunk indexes, TIFF tile indexes): the key's bounding box, then its picks."""
+    box, picks = bounding_box(key, index.shape)
+    return pick(index.read_box(fd, box), picks)
+
+
 @functools.lru_cache(maxsize=1024)
 def box_parts(
     bounds: tuple[tuple[int, int], ...], chunks: tuple[int, ...]

@@ -38,7 +38,7 @@ from xrdist.identity import FileIdentity
 from xrdist.locks import HDF5, library_lock
 from xrdist.options import get_option
 from xrdist.proxy import HandleProxy
-from xrdist.window import bounding_box, failing_chunk, pick
+from xrdist.window import bounding_box, failing_chunk, pick, read_outer
 
 LIBRARY = "h5py"
 LOCK = library_lock(HDF5)
@@ -378,14 +378,7 @@ def byte_range_reader(
     index = found.indexes.get((group, name))
     if not isinstance(index, ChunkIndex | ContiguousIndex):
         return None
-    return functools.partial(_read_by_byte_ranges, index, found.fd)
-
-
-def _read_by_byte_ranges(
-    index: ChunkIndex | ContiguousIndex, fd: int, key: tuple[Any, ...]
-) -> np.ndarray:
-    box, picks = bounding_box(key, index.shape)
-    return pick(index.read_box(fd, box), picks)
+    return functools.partial(read_outer, index, found.fd)
 
 
 def chunk_index(
@@ -422,7 +415,7 @@ def read(handle: h5py.File, group: str | None, name: str, key: tuple[Any, ...]) 
     if get_option("byte_range_reads"):
         index = chunk_index(handle, group, name)
         if not isinstance(index, str):
-            return _read_by_byte_ranges(index, _byte_ranges(handle).fd, key)
+            return read_outer(index, _byte_ranges(handle).fd, key)
     dset = dataset(handle, group, name)
     if h5py.check_string_dtype(dset.dtype) is not None and dset.dtype.kind == "O":
         dset = dset.asstr()

@@ -52,7 +52,7 @@ from xrdist.georef import (
 from xrdist.identity import FileIdentity
 from xrdist.locks import file_lock
 from xrdist.proxy import HandleProxy
-from xrdist.window import bounding_box, pick
+from xrdist.window import read_outer
 
 LIBRARY = "tifffile"
 #: The name of the image variable (as rioxarray's xarray backend names it).
@@ -297,19 +297,14 @@ def byte_range_reader(
         index = _tiles.get(handle, {}).get(level)
     if index is None:
         return None
-    return functools.partial(_read_tiles, index, handle.filehandle.fileno())
-
-
-def _read_tiles(index: Tiles, fd: int, key: tuple[Any, ...]) -> np.ndarray:
-    box, picks = bounding_box(key, index.shape)
-    return pick(index.read_box(fd, box), picks)
+    return functools.partial(read_outer, index, handle.filehandle.fileno())
 
 
 def read(handle: tifffile.TiffFile, group: str | None, name: str, key: tuple[Any, ...]) -> Any:
     """``band_data[key]`` (outer indexing): only the tiles the window touches are read."""
     if name != VARIABLE:
         raise KeyError(f"{handle.filehandle.path!r} has no variable {name!r}")
-    return _read_tiles(tiles(handle, group), handle.filehandle.fileno(), key)
+    return read_outer(tiles(handle, group), handle.filehandle.fileno(), key)
 
 
 # --------------------------------------------------------------------- description
