@@ -8,12 +8,19 @@ lease for the whole of its read::
 
 How it works
 ------------
-* Idle handles (no lease) live in a ``zict.LRU`` bounded by ``maxsize``.
-* A leased handle is taken *out* of the LRU, and the LRU's ``offset`` counts it, so
-  idle handles are evicted to make room for it but a leased handle never is. When its
-  last lease ends it goes back into the LRU as the most recently used. Hence
-  ``open_now <= max(maxsize, leased_now)``: the cache exceeds its bound only by
-  handles in use, and :class:`CacheInfo` reports ``over_bound``.
+* Idle handles (no lease) are kept least recently used first, and evicted oldest
+  first while the open handles, leased ones included, exceed ``maxsize``.
+* A leased handle is taken *out* of the idle handles, so idle handles are evicted to
+  make room for it but a leased handle never is. When its last lease ends it goes back
+  as the most recently used. Hence ``open_now <= max(maxsize, leased_now)``: the cache
+  exceeds its bound only by handles in use, and :class:`CacheInfo` reports
+  ``over_bound``.
+* The idle handles are a plain dict in recency order (a handle leased and returned is
+  deleted and inserted again, so it moves to the end). ``zict.LRU`` did this job
+  before; every call of it takes its own lock and its reinsert raises and catches a
+  ``KeyError``, which made a lease cost about 5 us, twice per file read, under the
+  manager's lock that every reader thread takes. The manager's lock already guards
+  the dict.
 * A handle that must go while leased (``close``, ``clear``, a stale file) is *retired*:
   new leases no longer get it and it is closed when its last lease ends (a deferred
   close).
@@ -46,8 +53,6 @@ from collections.abc import Callable, Hashable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Any
-
-import zict
 
 from xrdist.identity import FileIdentity
 from xrdist.options import get_option, on_change
@@ -212,13 +217,8 @@ class HandleManager:
         self._pid = os.getpid()
         self._forks = _forks_seen
         self._lock = threading.Lock()
-        # The idle handles, by key: the LRU's own store, read directly by lookups (a
-        # read of the LRU would reorder it, a step a lease that takes the entry out of
-        # the LRU at once does not need); all changes go through the LRU.
-        self._idle_store: dict[tuple[Any, ...], _Entry] = {}
-        self._idle: zict.LRU[tuple[Any, ...], _Entry] = zict.LRU(
-            self._maxsize, self._idle_store, on_evict=self._on_evict
-        )
+        # The idle handles by key, least recently used first (see the module docstring).
+        self._idle: dict[tuple[Any, ...], _Entry] = {}
         self._leased: dict[tuple[Any, ...], _Entry] = {}
         self._retired: set[_Entry] = set()
         self._opening: dict[tuple[Any, ...], threading.Event] = {}
@@ -281,7 +281,6 @@ class HandleManager:
         with self._lock:
             if maxsize is not None:
                 self._maxsize = maxsize
-                self._idle.n = maxsize
             if maxweight != "keep":
                 self._maxweight = maxweight  # type: ignore[assignment]
             self._enforce_bounds()
@@ -356,12 +355,10 @@ class HandleManager:
         """Under the lock: the live entry of ``key`` with one more lease, or None."""
         entry = self._leased.get(key)
         if entry is None:
-            entry = self._idle_store.get(key)
+            entry = self._idle.pop(key, None)
             if entry is None:
                 return None
-            del self._idle[key]
             self._leased[key] = entry
-            self._sync_offset()
         entry.leases += 1
         return entry
 
@@ -382,7 +379,6 @@ class HandleManager:
             self._weight_now += spec.weight
             self._counts["misses"] += 1
             self._counts["opens"] += 1
-            self._sync_offset()
             self._enforce_bounds()
             self._peak_open = max(self._peak_open, self._open_now())
             doomed = self._take_doomed()
@@ -401,8 +397,7 @@ class HandleManager:
                     self._counts["deferred_closes"] += 1
                 else:
                     del self._leased[key]
-                    self._sync_offset()
-                    self._idle.set_noevict(key, entry)
+                    self._idle[key] = entry  # the most recently used
                     self._enforce_bounds()  # may evict the oldest idle handles
             doomed = self._take_doomed()
         self._close_all(doomed, raise_errors=False)
@@ -500,11 +495,6 @@ class HandleManager:
 
     # -- bookkeeping under the lock --------------------------------------------------
 
-    def _on_evict(self, key: tuple[Any, ...], entry: _Entry) -> None:
-        # Called by zict.LRU inside our lock: only record; closing happens outside.
-        self._counts["evictions"] += 1
-        self._drop(entry)
-
     def _drop(self, entry: _Entry) -> None:
         self._weight_now -= entry.spec.weight
         self._doomed.append(entry)
@@ -513,16 +503,18 @@ class HandleManager:
         entry = self._leased.pop(key)
         entry.retired = True
         self._retired.add(entry)
-        self._sync_offset()
-
-    def _sync_offset(self) -> None:
-        self._idle.offset = len(self._leased) + len(self._retired)
 
     def _enforce_bounds(self) -> None:
-        self._idle.evict_until_below_target()
-        if self._maxweight is not None:
-            while self._weight_now > self._maxweight and len(self._idle):
-                self._idle.evict()
+        """Evict idle handles, least recently used first, while the open handles exceed
+        ``maxsize`` or their weight ``maxweight``: only recorded here, under the lock;
+        closing happens outside it."""
+        idle = self._idle
+        while idle and (
+            self._open_now() > self._maxsize
+            or (self._maxweight is not None and self._weight_now > self._maxweight)
+        ):
+            self._drop(idle.pop(next(iter(idle))))
+            self._counts["evictions"] += 1
 
     def _take_doomed(self) -> list[_Entry]:
         doomed, self._doomed = self._doomed, []
