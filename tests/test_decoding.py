@@ -69,8 +69,8 @@ def _bits(values: np.ndarray) -> np.ndarray:
 def test_decoding_in_reads_is_bitwise_xarrays(
     paths: list[str], chunks: dict | None, read_threads: int
 ) -> None:
-    """Whatever the grouping of files decoded together (several per group with one
-    reader thread and 12 files, one per group with two: see ``decode_batches``)."""
+    """Whatever the grouping of files decoded together (all 12 at once with one reader
+    thread, one per group when a lone call has two: see ``decode_batches``)."""
     with xrdist.set_options(read_threads=read_threads):
         fused = xrdist.open_mfdataset(paths, concat_dim="time", combine="nested", chunks=chunks)
         fused = fused.load()
@@ -263,3 +263,29 @@ def test_a_part_of_another_dtype_names_the_file(paths: list[str], monkeypatch) -
     monkeypatch.setattr(StackArray, "_read_raw", read_raw_changed)
     with xrdist.set_options(read_threads=1), pytest.raises(ValueError, match=r"d1\.nc"):
         stack[indexing.BasicIndexer((slice(None), slice(None), slice(None)))]
+
+
+@pytest.mark.parametrize(("read_threads", "groups"), [(1, 1), (2, 6)])
+def test_a_window_decodes_in_as_few_groups_as_its_readers_need(
+    paths: list[str], monkeypatch, read_threads: int, groups: int
+) -> None:
+    """Each numpy call of the decoding hands the GIL over: a call that reads alone
+    decodes its whole window at once; one that two threads read splits its 12 files
+    for at least four groups per thread (six of two files), so that both have work to
+    the end."""
+    from xrdist import array
+
+    shapes: list[tuple[int, ...]] = []
+    decode_into = array.decode_into
+
+    def counted(functions, raw, out):
+        shapes.append(out.shape)
+        decode_into(functions, raw, out)
+
+    monkeypatch.setattr(array, "decode_into", counted)
+    ds = xrdist.open_mfdataset(paths, concat_dim="time", combine="nested", chunks=None)
+    stack = ds["packed_u2"].variable._data.array
+    with xrdist.set_options(read_threads=read_threads):
+        stack[indexing.BasicIndexer((slice(None), slice(None), slice(None)))]
+    assert len(shapes) == groups
+    assert sum(shape[0] for shape in shapes) == len(paths)

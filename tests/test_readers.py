@@ -58,6 +58,61 @@ def test_a_call_made_while_others_read_reads_alone() -> None:
     assert second_names == ["second-caller"] * 20
 
 
+def test_a_helper_makes_way_for_a_call_that_starts_after_it() -> None:
+    """With read_threads=2, a lone call gets a helper; when a second call starts (dask
+    starting its second task), the helper finishes the item it is in and takes no more:
+    two calls and a helper would be three threads on two cores."""
+    b_inside, a_done = threading.Event(), threading.Event()
+    taken: list[tuple[int, str]] = []
+
+    def a_item(i: int) -> None:
+        taken.append((i, threading.current_thread().name))
+        if i < 2:  # the caller and its helper each hold an item until b is inside its call
+            assert b_inside.wait(10)
+        else:  # long enough that a helper still taking items would take some
+            threading.Event().wait(0.005)
+
+    def b_item(_: int) -> None:
+        b_inside.set()
+        assert a_done.wait(10)
+
+    def a() -> None:
+        run_in_readers(a_item, list(range(20)))
+        a_done.set()
+
+    with xrdist.set_options(read_threads=2):
+        first = threading.Thread(target=a, name="a-caller")
+        first.start()
+        for _ in range(1000):
+            if len(taken) == 2:
+                break
+            threading.Event().wait(0.01)
+        assert len(taken) == 2, taken
+        second = threading.Thread(target=run_in_readers, args=(b_item, [0]), name="b-caller")
+        second.start()
+        first.join(10)
+        second.join(10)
+    helped = [i for i, name in taken if name.startswith("xrdist-read")]
+    assert len(helped) == 1, taken
+    assert sorted(i for i, _ in taken) == list(range(20))
+
+
+def test_items_are_planned_for_the_threads_that_will_take_them() -> None:
+    """``items`` as a function gets the number of threads that will take them: the
+    caller and its helpers, or 1 for a call that reads alone."""
+    planned: list[int] = []
+
+    def plan(readers: int) -> list[int]:
+        planned.append(readers)
+        return list(range(30 * readers))
+
+    with xrdist.set_options(read_threads=3):
+        run_in_readers(lambda _: None, plan)
+    with xrdist.set_options(read_threads=1):
+        run_in_readers(lambda _: None, plan)
+    assert planned == [3, 1]
+
+
 def test_the_first_error_propagates_and_the_rest_is_skipped() -> None:
     done: list[int] = []
 

@@ -11,9 +11,10 @@ Notes
 Thread-safe: any number of threads may index one array at once. A :class:`StackArray`
 read hands the files of its window to the process's reader threads (option
 ``read_threads``), so one window decodes on every core; each thread reads a group of
-consecutive files (:func:`decode_batches`) into one buffer and decodes it at once, so
-memory in flight is bounded by :func:`reader_threads` buffers of about
-:data:`DECODE_BATCH_BYTES`. Picklable: they hold
+consecutive files (:func:`decode_batches`) and decodes it at once, in place in the
+output window when the decoding allows (else in a buffer of about
+:data:`DECODE_BATCH_BYTES`, so memory in flight is bounded by :func:`reader_threads`
+such buffers). Picklable: they hold
 :class:`~xrdist.proxy.HandleProxy` objects and the variable's name, shape and dtype,
 never a handle or data; unpickled in another process they read through that process's
 cache.
@@ -265,15 +266,15 @@ def _reader_pool(size: int) -> ThreadPoolExecutor | None:
 
 
 def _forget_pool_after_fork() -> None:
-    global _pool, _pool_lock, _busy, _busy_lock
+    global _pool, _pool_lock, _busy, _helping, _busy_lock
     _pool, _pool_lock = None, threading.Lock()
-    _busy, _busy_lock = 0, threading.Lock()
+    _busy, _helping, _busy_lock = 0, 0, threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
-def run_in_readers(function: Any, items: Sequence[Any]) -> None:
+def run_in_readers(function: Any, items: Sequence[Any] | Callable[[int], Sequence[Any]]) -> None:
     """Call ``function(item)`` for every item; exceptions propagate (the first one).
 
     The caller takes items from one shared queue, helped by as many reader threads as
@@ -282,21 +283,49 @@ def run_in_readers(function: Any, items: Sequence[Any]) -> None:
     parallel (dask's threads) each read alone instead of crowding the cores with
     threads that only take turns at the GIL. A reader thread never asks for helpers (a
     reader waiting for readers could deadlock the pool).
+
+    ``items`` may be a function of the number of threads that will take them (the
+    caller and its helpers) that returns them, so that work can be split to fit: a call
+    that reads alone is better off with few, large items.
     """
     global _busy
     in_reader = threading.current_thread().name.startswith("xrdist-read")
     size = reader_threads()
-    pool = _reader_pool(size) if len(items) > 1 and not in_reader else None
+    pool = None if in_reader else _reader_pool(size)
     if pool is None:
-        for item in items:
+        for item in items(1) if callable(items) else items:
             function(item)
         return
+    with _busy_lock:
+        _busy += 1
+        spare = max(0, size - _busy - _helping)
+    try:
+        if callable(items):
+            items = items(1 + spare)
+        _run_shared(function, items, pool, max(0, min(spare, len(items) - 1)), size)
+    finally:
+        with _busy_lock:
+            _busy -= 1
+
+
+def _run_shared(
+    function: Any, items: Sequence[Any], pool: ThreadPoolExecutor, helpers: int, size: int
+) -> None:
+    """``function`` over ``items`` from one queue, by the caller and up to ``helpers``
+    threads of ``pool``; returns once every helper has stopped, raising the first error.
+
+    A helper stops taking items as soon as the calls in progress and their helpers
+    outnumber ``size`` (the ``read_threads`` of this call): when dask starts a second
+    task just after a first one took a helper, the helper makes way for it instead of
+    running a third thread on two cores until the first task ends."""
     queue = iter(items)
     take = threading.Lock()
     failed: list[BaseException] = []
 
-    def work() -> None:
+    def work(helper: bool = False) -> None:
         while not failed:
+            if helper and _busy + _helping > size:
+                return
             with take:
                 item = next(queue, _DONE)
             if item is _DONE:
@@ -307,25 +336,32 @@ def run_in_readers(function: Any, items: Sequence[Any]) -> None:
                 failed.append(err)
                 raise
 
-    with _busy_lock:
-        _busy += 1
-        spare = size - _busy
-    try:
-        helpers = [pool.submit(work) for _ in range(max(0, min(spare, len(items) - 1)))]
-        try:
-            work()
-        finally:
-            for helper in helpers:
-                helper.exception()  # wait: no reader may still write into the caller's output
-    finally:
+    def help() -> None:
+        global _helping
         with _busy_lock:
-            _busy -= 1
+            if _busy + _helping >= size:
+                return
+            _helping += 1
+        try:
+            work(helper=True)
+        finally:
+            with _busy_lock:
+                _helping -= 1
+
+    running = [pool.submit(help) for _ in range(helpers)]
+    try:
+        work()
+    finally:
+        for helper in running:
+            helper.exception()  # wait: no reader may still write into the caller's output
     if failed:
         raise failed[0]
 
 
 # Calls of run_in_readers in progress, each reading in its own thread.
 _busy = 0
+# Reader threads helping those calls now.
+_helping = 0
 _busy_lock = threading.Lock()
 _DONE = object()
 
@@ -354,10 +390,13 @@ def _along(ndim: int, axis: int, lo: int, hi: int) -> tuple[slice, ...]:
     return (slice(None),) * axis + (slice(lo, hi),) + (slice(None),) * (ndim - axis - 1)
 
 
-#: About the most output bytes a reader thread decodes at once. The raw parts of
-#: consecutive files are gathered into one buffer and decoded together: xarray's
-#: masking and scaling are a handful of ufunc calls, and made once per file they cost
-#: more in turns at the GIL between reader threads than in arithmetic.
+#: About the most output bytes a reader thread decodes at once when the raw values need
+#: a buffer of their own (a decoding that cannot start in place in the output window).
+#: The parts of consecutive files are decoded together: xarray's masking and scaling
+#: are a handful of ufunc calls, and each one hands the GIL to the other reader
+#: threads, so made once per file they cost more in hand-overs than in arithmetic.
+#: Decoded in place, a window has no such bound: a call that reads alone decodes it in
+#: one go, and a call with helpers in four groups per thread.
 DECODE_BATCH_BYTES = 4 * 2**20
 
 
@@ -487,10 +526,15 @@ class StackArray(BackendArray):
         runs = np.flatnonzero(np.diff(files)) + 1
         bounds = list(zip(np.r_[0, runs].tolist(), np.r_[runs, len(files)].tolist(), strict=True))
         position_bytes = out.nbytes // max(1, len(positions))
-        batches = decode_batches(bounds, position_bytes, DECODE_BATCH_BYTES, 4 * reader_threads())
+        # Decoded in place in out (or not at all), a group costs no memory of its own.
+        in_place = not self.decode or converted_dtype(self.decode, self.stored_dtype) == self.dtype
+        budget = sys.maxsize if in_place else DECODE_BATCH_BYTES
         backwards = bool(next(_direction) % 2)
-        if backwards:
-            batches.reverse()
+
+        def batches(readers: int) -> list[list[tuple[int, int]]]:
+            least = 1 if readers == 1 else 4 * readers  # a lone reader: fewest decode calls
+            groups = decode_batches(bounds, position_bytes, budget, least)
+            return groups[::-1] if backwards else groups
 
         file_of = files.tolist()  # Python ints: no numpy scalars per file read below
         start_of = self.starts.tolist()
