@@ -256,8 +256,8 @@ def test_a_part_of_another_dtype_names_the_file(paths: list[str], monkeypatch) -
     stack = ds["packed_u2"].variable._data.array
     read_raw = StackArray._read_raw
 
-    def read_raw_changed(self, f, key):
-        raw = read_raw(self, f, key)
+    def read_raw_changed(self, f, key, box=None):
+        raw = read_raw(self, f, key, box)
         return raw.astype("u4") if f == 1 else raw
 
     monkeypatch.setattr(StackArray, "_read_raw", read_raw_changed)
@@ -289,3 +289,30 @@ def test_a_window_decodes_in_as_few_groups_as_its_readers_need(
         stack[indexing.BasicIndexer((slice(None), slice(None), slice(None)))]
     assert len(shapes) == groups
     assert sum(shape[0] for shape in shapes) == len(paths)
+
+
+def test_a_window_works_out_its_box_once_not_per_file(paths: list[str], monkeypatch) -> None:
+    """Once the files' handles hold their chunk indexes, a window of unit-step slices
+    reads every file's box as worked out once for the window (the same in all files),
+    with the same values as reading each file's key."""
+    from xrdist import array, window
+
+    ds = xrdist.open_mfdataset(paths, concat_dim="time", combine="nested", chunks=None)
+    stack = ds["packed_u2"].variable._data.array
+    key = indexing.BasicIndexer((slice(None), slice(2, 9), slice(1, 10)))
+    with xrdist.set_options(read_threads=1):
+        want = stack[key]  # the first read indexes every handle
+        calls: list[tuple[object, ...]] = []
+        for module in (array, window):
+            counted = module.bounding_box
+
+            def counting(key, shape, counted=counted):
+                calls.append(key)
+                return counted(key, shape)
+
+            monkeypatch.setattr(module, "bounding_box", counting)
+        got = stack[key]
+    assert len(calls) == 1
+    np.testing.assert_array_equal(_bits(got), _bits(want))
+    by_key = np.stack([np.asarray(xr.open_dataset(p).packed_u2[:, 2:9, 1:10])[0] for p in paths])
+    np.testing.assert_array_equal(_bits(got), _bits(by_key))

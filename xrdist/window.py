@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -79,12 +79,23 @@ def chunk_part(
     )
 
 
-def read_outer(index: Any, fd: int, key: tuple[Any, ...]) -> np.ndarray:
-    """``key`` (outer indexing) read through ``index``, anything with a ``shape`` and a
-    ``read_box(fd, box)`` that reads a unit-step box from the file descriptor ``fd``
-    (HDF5 chunk indexes, TIFF tile indexes): the key's bounding box, then its picks."""
-    box, picks = bounding_box(key, index.shape)
-    return pick(index.read_box(fd, box), picks)
+class BoxReader(NamedTuple):
+    """Reads one variable of an open file through ``index``, anything with a ``shape``
+    and a ``read_box(fd, box)`` that reads a unit-step box from the file descriptor
+    ``fd`` (HDF5 chunk indexes, TIFF tile indexes). Thread-safe when the index is; not
+    picklable in any useful way (a descriptor is a number of this process)."""
+
+    index: Any
+    fd: int
+
+    def __call__(self, key: tuple[Any, ...]) -> np.ndarray:
+        """``key`` (outer indexing): its bounding box, then its picks."""
+        box, picks = bounding_box(key, self.index.shape)
+        return pick(self.index.read_box(self.fd, box), picks)
+
+    def read_box(self, box: tuple[slice, ...]) -> np.ndarray:
+        """The values in ``box`` (unit-step slices inside the variable)."""
+        return self.index.read_box(self.fd, box)
 
 
 @functools.lru_cache(maxsize=1024)

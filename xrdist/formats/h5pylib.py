@@ -22,10 +22,8 @@ Functions here are thread-safe. Handles are shared through the handle manager; u
 
 from __future__ import annotations
 
-import functools
 import threading
 import weakref
-from collections.abc import Callable
 from typing import Any
 
 import h5py
@@ -38,7 +36,7 @@ from xrdist.identity import FileIdentity
 from xrdist.locks import HDF5, library_lock
 from xrdist.options import get_option
 from xrdist.proxy import HandleProxy
-from xrdist.window import bounding_box, failing_chunk, pick, read_outer
+from xrdist.window import BoxReader, bounding_box, failing_chunk, pick
 
 LIBRARY = "h5py"
 LOCK = library_lock(HDF5)
@@ -361,11 +359,10 @@ def _byte_ranges(handle: h5py.File) -> _ByteRanges:
     return found
 
 
-def byte_range_reader(
-    handle: h5py.File, group: str | None, name: str
-) -> Callable[[tuple[Any, ...]], np.ndarray] | None:
-    """A function ``key -> name[key]`` (outer indexing) that reads through ``handle``
-    by byte ranges with no HDF5 call, or None: byte-range reads are off, or the
+def byte_range_reader(handle: h5py.File, group: str | None, name: str) -> BoxReader | None:
+    """A :class:`~xrdist.window.BoxReader` (``reader(key) -> name[key]``, outer
+    indexing, or ``reader.read_box(box)``) that reads through ``handle`` by byte ranges
+    with no HDF5 call, or None: byte-range reads are off, or the
     variable's index is not built yet, or it is read through h5py. The decision is made
     here, once: the function reads no option. A stale handle then yields at worst
     wrong bytes, which the caller's check of the file after the read catches. Makes no
@@ -378,7 +375,7 @@ def byte_range_reader(
     index = found.indexes.get((group, name))
     if not isinstance(index, ChunkIndex | ContiguousIndex):
         return None
-    return functools.partial(read_outer, index, found.fd)
+    return BoxReader(index, found.fd)
 
 
 def chunk_index(
@@ -415,7 +412,7 @@ def read(handle: h5py.File, group: str | None, name: str, key: tuple[Any, ...]) 
     if get_option("byte_range_reads"):
         index = chunk_index(handle, group, name)
         if not isinstance(index, str):
-            return read_outer(index, _byte_ranges(handle).fd, key)
+            return BoxReader(index, _byte_ranges(handle).fd)(key)
     dset = dataset(handle, group, name)
     if h5py.check_string_dtype(dset.dtype) is not None and dset.dtype.kind == "O":
         dset = dset.asstr()

@@ -24,14 +24,12 @@ manager; proxies pickle as (opener, path).
 
 from __future__ import annotations
 
-import functools
 import os
 import struct
 import threading
 import warnings
 import weakref
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +50,7 @@ from xrdist.georef import (
 from xrdist.identity import FileIdentity
 from xrdist.locks import file_lock
 from xrdist.proxy import HandleProxy
-from xrdist.window import read_outer
+from xrdist.window import BoxReader
 
 LIBRARY = "tifffile"
 #: The name of the image variable (as rioxarray's xarray backend names it).
@@ -280,12 +278,11 @@ def tiles(handle: tifffile.TiffFile, group: str | None) -> Tiles:
     return found
 
 
-def byte_range_reader(
-    handle: tifffile.TiffFile, group: str | None, name: str
-) -> Callable[[tuple[Any, ...]], np.ndarray] | None:
-    """A function ``key -> band_data[key]`` that reads through ``handle`` with no
-    tifffile call (its tile offsets already known: positional reads and decoding only),
-    or None. A stale handle then yields at worst wrong bytes, which the caller's check
+def byte_range_reader(handle: tifffile.TiffFile, group: str | None, name: str) -> BoxReader | None:
+    """A :class:`~xrdist.window.BoxReader` (``reader(key) -> band_data[key]``, or
+    ``reader.read_box(box)``) that reads through ``handle`` with no tifffile call (its
+    tile offsets already known: positional reads and decoding only), or None. A stale
+    handle then yields at worst wrong bytes, which the caller's check
     of the file after the read catches. Makes no call into tifffile; thread-safe."""
     if name != VARIABLE:
         return None
@@ -297,14 +294,14 @@ def byte_range_reader(
         index = _tiles.get(handle, {}).get(level)
     if index is None:
         return None
-    return functools.partial(read_outer, index, handle.filehandle.fileno())
+    return BoxReader(index, handle.filehandle.fileno())
 
 
 def read(handle: tifffile.TiffFile, group: str | None, name: str, key: tuple[Any, ...]) -> Any:
     """``band_data[key]`` (outer indexing): only the tiles the window touches are read."""
     if name != VARIABLE:
         raise KeyError(f"{handle.filehandle.path!r} has no variable {name!r}")
-    return read_outer(tiles(handle, group), handle.filehandle.fileno(), key)
+    return BoxReader(tiles(handle, group), handle.filehandle.fileno())(key)
 
 
 # --------------------------------------------------------------------- description
