@@ -316,3 +316,52 @@ def test_a_window_works_out_its_box_once_not_per_file(paths: list[str], monkeypa
     np.testing.assert_array_equal(_bits(got), _bits(want))
     by_key = np.stack([np.asarray(xr.open_dataset(p).packed_u2[:, 2:9, 1:10])[0] for p in paths])
     np.testing.assert_array_equal(_bits(got), _bits(by_key))
+
+
+@pytest.fixture(scope="module")
+def time_in_the_middle(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """Files of 1, 2 and 1 dates whose variable has the files' axis second."""
+    folder = tmp_path_factory.mktemp("middle")
+    rng = np.random.default_rng(5)
+    paths, start = [], 0
+    for dates in (1, 2, 1):
+        raw = rng.integers(0, 500, (NY, dates, NX)).astype("u2")
+        raw[0, :, :2] = 0  # the fill value
+        ds = xr.Dataset(
+            {"v": (("y", "time", "x"), raw, {"scale_factor": np.float32(0.5), "_FillValue": 0})},
+            coords={"time": np.arange(start, start + dates)},
+        )
+        start += dates
+        paths.append(str(folder / f"m{len(paths)}.nc"))
+        ds.to_netcdf(
+            paths[-1], encoding={"v": {"dtype": "u2", "zlib": True, "chunksizes": (5, 1, 4)}}
+        )
+    return paths
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        (slice(None), slice(None), slice(None)),
+        (slice(2, 9), slice(1, 3), slice(-7, None)),
+        (slice(None), 2, slice(3, 4)),  # one date, dropped
+        (slice(None, None, 3), slice(None), slice(1, 9, 2)),  # steps
+        (np.array([0, 4, 5]), np.array([0, 2, 3]), slice(None)),  # lists
+        (slice(3, 3), slice(None), slice(None)),  # empty
+        (-1, slice(None, None, -1), slice(None)),  # backwards along the files
+    ],
+)
+def test_windows_of_a_stack_with_the_files_axis_second(
+    time_in_the_middle: list[str], key: tuple[object, ...]
+) -> None:
+    """Any outer key reads what xarray reads, whether each file's box is worked out once
+    for the window (unit-step slices) or from its own key."""
+    ours = xrdist.open_mfdataset(time_in_the_middle, chunks=None)["v"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        theirs = xr.open_mfdataset(time_in_the_middle, engine="netcdf4")["v"].load()
+    for read_threads in (1, 2):
+        with xrdist.set_options(read_threads=read_threads):
+            got = ours[{d: k for d, k in zip(("y", "time", "x"), key, strict=True)}].values
+        want = theirs[{d: k for d, k in zip(("y", "time", "x"), key, strict=True)}].values
+        np.testing.assert_array_equal(_bits(got), _bits(want))

@@ -551,7 +551,7 @@ class StackArray(BackendArray):
         other_box, picks = bounding_box(
             (*key[:axis], *key[axis + 1 :]), (*self.shape[:axis], *self.shape[axis + 1 :])
         )
-        boxes = not picks and all(type(k) is slice for k in key)
+        boxes = not picks
 
         def read_part(lo: int, hi: int) -> np.ndarray:
             """The raw values of one file's run of positions, shaped like out's slot."""
