@@ -365,3 +365,25 @@ def test_windows_of_a_stack_with_the_files_axis_second(
             got = ours[{d: k for d, k in zip(("y", "time", "x"), key, strict=True)}].values
         want = theirs[{d: k for d, k in zip(("y", "time", "x"), key, strict=True)}].values
         np.testing.assert_array_equal(_bits(got), _bits(want))
+
+
+def test_groups_decoded_in_place_stay_bounded(paths: list[str], monkeypatch) -> None:
+    """Masking makes boolean temporaries the size of a group: a lone reader's window
+    larger than ``DECODE_IN_PLACE_BYTES`` is decoded in groups of at most that size."""
+    from xrdist import array
+
+    shapes: list[tuple[int, ...]] = []
+    decode_into = array.decode_into
+
+    def counted(functions, raw, out):
+        shapes.append(out.shape)
+        decode_into(functions, raw, out)
+
+    monkeypatch.setattr(array, "decode_into", counted)
+    monkeypatch.setattr(array, "DECODE_IN_PLACE_BYTES", 3 * NY * NX * 4)  # 3 dates of float32
+    ds = xrdist.open_mfdataset(paths, concat_dim="time", combine="nested", chunks=None)
+    stack = ds["packed_u2"].variable._data.array
+    with xrdist.set_options(read_threads=1):
+        stack[indexing.BasicIndexer((slice(None), slice(None), slice(None)))]
+    assert [shape[0] for shape in shapes] == [3, 3, 3, 3]
+

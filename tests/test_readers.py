@@ -97,6 +97,31 @@ def test_a_helper_makes_way_for_a_call_that_starts_after_it() -> None:
     assert sorted(i for i, _ in taken) == list(range(20))
 
 
+def test_a_call_that_starts_while_another_has_helpers_shares_them() -> None:
+    """With read_threads=4, a first call takes three helpers; a second call that starts
+    later still gets help (the first call's helpers beyond its share make way), rather
+    than reading alone to its end."""
+    a_started = threading.Event()
+    b_threads: set[str] = set()
+
+    def a_item(_: int) -> None:
+        a_started.set()
+        threading.Event().wait(0.005)
+
+    def b_item(_: int) -> None:
+        b_threads.add(threading.current_thread().name)
+        threading.Event().wait(0.005)
+
+    with xrdist.set_options(read_threads=4):
+        first = threading.Thread(target=run_in_readers, args=(a_item, list(range(200))))
+        first.start()
+        assert a_started.wait(10)
+        threading.Event().wait(0.05)  # the first call's helpers are at work
+        run_in_readers(b_item, list(range(100)))
+        first.join(10)
+    assert len(b_threads) >= 2, b_threads
+
+
 def test_items_are_planned_for_the_threads_that_will_take_them() -> None:
     """``items`` as a function gets the number of threads that will take them: the
     caller and its helpers, or 1 for a call that reads alone."""

@@ -305,7 +305,7 @@ def run_in_readers(function: Any, items: Sequence[Any] | Callable[[int], Sequenc
         return
     with _busy_lock:
         _busy += 1
-        spare = max(0, size - _busy - _helping)
+        spare = max(0, size - _busy)  # other calls' helpers beyond their share make way
     try:
         if callable(items):
             items = items(1 + spare)
@@ -321,39 +321,58 @@ def _run_shared(
     """``function`` over ``items`` from one queue, by the caller and up to ``helpers``
     threads of ``pool``; returns once every helper has stopped, raising the first error.
 
-    A helper stops taking items as soon as the calls in progress and their helpers
-    outnumber ``size`` (the ``read_threads`` of this call): when dask starts a second
-    task just after a first one took a helper, the helper makes way for it instead of
-    running a third thread on two cores until the first task ends."""
+    Before each item, a helper stops if the calls in progress and their helpers
+    outnumber ``size`` (the ``read_threads`` of this call) while this call has more
+    helpers than its share of the threads the calls leave free (rounded up). When dask
+    starts a second task on two cores just after a first one took a helper, the
+    helper makes way for it instead of running a third thread until the first task
+    ends; on more cores, calls that started at different times end up sharing the
+    spare threads."""
     queue = iter(items)
     take = threading.Lock()
     failed: list[BaseException] = []
+    mine = [0]  # this call's helpers at work (guarded by _busy_lock)
 
-    def work(helper: bool = False) -> None:
-        while not failed:
-            if helper and _busy + _helping > size:
-                return
+    def work(helper: bool = False) -> object:
+        """Take items until none is left or one failed; a helper returns ``_LEFT`` if
+        it stopped to make way (its counts already taken back)."""
+        while not failed:  # (and None when it stops otherwise)
+            if helper and _busy + _helping > size and leave():
+                return _LEFT
             with take:
                 item = next(queue, _DONE)
             if item is _DONE:
-                return
+                return None
             try:
                 function(item)
             except BaseException as err:
                 failed.append(err)
                 raise
 
+    def leave() -> bool:
+        """Stop one helper of this call if it has more than its share (atomically)."""
+        global _helping
+        with _busy_lock:
+            share = -(-max(0, size - _busy) // max(1, _busy))
+            if _busy + _helping <= size or mine[0] <= share:
+                return False
+            mine[0] -= 1
+            _helping -= 1
+            return True
+
     def help() -> None:
         global _helping
         with _busy_lock:
-            if _busy + _helping >= size:
-                return
+            mine[0] += 1
             _helping += 1
+        left = False
         try:
-            work(helper=True)
+            left = work(helper=True) is _LEFT
         finally:
-            with _busy_lock:
-                _helping -= 1
+            if not left:
+                with _busy_lock:
+                    mine[0] -= 1
+                    _helping -= 1
 
     running = [pool.submit(help) for _ in range(helpers)]
     try:
@@ -371,6 +390,7 @@ _busy = 0
 _helping = 0
 _busy_lock = threading.Lock()
 _DONE = object()
+_LEFT = object()
 
 
 def _axis_length(key: Any, n: int) -> int | None:
@@ -402,9 +422,15 @@ def _along(ndim: int, axis: int, lo: int, hi: int) -> tuple[slice, ...]:
 #: The parts of consecutive files are decoded together: xarray's masking and scaling
 #: are a handful of ufunc calls, and each one hands the GIL to the other reader
 #: threads, so made once per file they cost more in hand-overs than in arithmetic.
-#: Decoded in place, a window has no such bound: a call that reads alone decodes it in
-#: one go, and a call with helpers in four groups per thread.
+#: Decoded in place, a group needs no buffer, so groups are as large as
+#: :data:`DECODE_IN_PLACE_BYTES` allows: a call that reads alone decodes a window of
+#: that size in one go, and a call with helpers in four groups per thread.
 DECODE_BATCH_BYTES = 4 * 2**20
+
+#: About the most output bytes decoded at once in place. Masking still makes boolean
+#: temporaries of up to half a group's bytes (a comparison per fill value), so groups
+#: stay bounded; a 120-date window of 256 x 256 float32 (30 MiB) is one group.
+DECODE_IN_PLACE_BYTES = 32 * 2**20
 
 
 def decode_batches(
@@ -533,9 +559,9 @@ class StackArray(BackendArray):
         runs = np.flatnonzero(np.diff(files)) + 1
         bounds = list(zip(np.r_[0, runs].tolist(), np.r_[runs, len(files)].tolist(), strict=True))
         position_bytes = out.nbytes // max(1, len(positions))
-        # Decoded in place in out (or not at all), a group costs no memory of its own.
+        # Decoded in place in out (or not at all), a group needs no buffer of its own.
         in_place = not self.decode or converted_dtype(self.decode, self.stored_dtype) == self.dtype
-        budget = sys.maxsize if in_place else DECODE_BATCH_BYTES
+        budget = DECODE_IN_PLACE_BYTES if in_place else DECODE_BATCH_BYTES
         backwards = bool(next(_direction) % 2)
 
         def batches(readers: int) -> list[list[tuple[int, int]]]:
