@@ -387,3 +387,16 @@ def test_groups_decoded_in_place_stay_bounded(paths: list[str], monkeypatch) -> 
         stack[indexing.BasicIndexer((slice(None), slice(None), slice(None)))]
     assert [shape[0] for shape in shapes] == [3, 3, 3, 3]
 
+
+def test_an_empty_selection_along_the_files_reads_nothing(paths: list[str]) -> None:
+    """As in xarray: no date selected is an empty array, not an error."""
+    ds = xrdist.open_mfdataset(paths, concat_dim="time", combine="nested", chunks=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        theirs = xr.open_mfdataset(paths, engine="netcdf4", concat_dim="time", combine="nested")
+    for name in ("packed_u2", "plain_i4"):
+        got = ds[name].isel(time=slice(3, 3)).values
+        want = theirs[name].isel(time=slice(3, 3)).values
+        assert got.shape == want.shape == (0, NY, NX) and got.dtype == want.dtype
+        assert ds[name].sel(time=ds.time > 100).shape == (0, NY, NX)
+        assert ds[name].sel(time=ds.time > 100).values.shape == (0, NY, NX)

@@ -555,6 +555,8 @@ class StackArray(BackendArray):
         lengths[axis] = len(positions)
         out = np.empty([n for n in lengths if n is not None], dtype=self.dtype)
         out_axis = sum(1 for n in lengths[:axis] if n is not None)
+        if not len(positions):  # nothing along the files' axis (an empty selection)
+            return out
         files = np.searchsorted(self.starts, positions, side="right") - 1
         runs = np.flatnonzero(np.diff(files)) + 1
         bounds = list(zip(np.r_[0, runs].tolist(), np.r_[runs, len(files)].tolist(), strict=True))
