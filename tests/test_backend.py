@@ -516,6 +516,22 @@ def test_auto_reads_plain_hdf5_and_enums_through_netcdf_c(tmp_path):
         xr.open_dataset(plain, engine="xrdist", library="h5py")
 
 
+def test_dimension_scales_on_some_axes_only_read_as_netcdf_c_reads_them(tmp_path):
+    """An axis without a dimension scale is a phony dimension to netCDF-C; h5py's walk
+    leaves such a file to it, and says so when asked for h5py by name."""
+    import h5py
+
+    partial = tmp_path / "partial.h5"
+    with h5py.File(partial, "w") as f:
+        x = f.create_dataset("x", data=np.arange(4.0))
+        x.make_scale("x")
+        v = f.create_dataset("v", data=np.arange(12.0).reshape(3, 4))
+        v.dims[1].attach_scale(x)
+    assert_same_as_netcdf4(partial)
+    with pytest.raises(ValueError, match=r"'v' has no netCDF dimension on axes \[0\]"):
+        xr.open_dataset(partial, engine="xrdist", library="h5py")
+
+
 def test_auto_prefers_h5py_for_netcdf4_files(corpus):
     from xrdist.describing import describe_file
 

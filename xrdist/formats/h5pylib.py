@@ -162,6 +162,9 @@ def _variable_dims(handle: h5py.File, name: str, dset: h5py.Dataset) -> tuple[st
     refs = dset.attrs.get("DIMENSION_LIST")
     if refs is None or len(refs) != dset.ndim:
         raise UnsupportedLayout(f"variable {name!r} has no netCDF dimensions")
+    bare = [axis for axis, axis_refs in enumerate(refs) if len(axis_refs) == 0]
+    if bare:  # netCDF-C names such axes phony_dim_N
+        raise UnsupportedLayout(f"variable {name!r} has no netCDF dimension on axes {bare}")
     # h5r.get_name resolves a reference without building a Dataset object (4x faster)
     return tuple(
         _text(h5py.h5r.get_name(axis_refs[0], handle.id)).rsplit("/", 1)[-1] for axis_refs in refs
