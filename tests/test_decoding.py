@@ -273,6 +273,14 @@ def test_a_window_decodes_in_as_few_groups_as_its_readers_need(
     decodes its whole window at once; one that two threads read splits its 12 files
     for at least four groups per thread (six of two files), so that both have work to
     the end."""
+    shapes = _decoded_groups(paths, monkeypatch, read_threads)
+    assert len(shapes) == groups
+    assert sum(shape[0] for shape in shapes) == len(paths)
+
+
+def _decoded_groups(paths: list[str], monkeypatch, read_threads: int) -> list[tuple[int, ...]]:
+    """The shapes of the groups of files decoded at once when ``packed_u2`` of the whole
+    stack is read with ``read_threads`` (``decode_into`` counted, not replaced)."""
     from xrdist import array
 
     shapes: list[tuple[int, ...]] = []
@@ -287,8 +295,7 @@ def test_a_window_decodes_in_as_few_groups_as_its_readers_need(
     stack = ds["packed_u2"].variable._data.array
     with xrdist.set_options(read_threads=read_threads):
         stack[indexing.BasicIndexer((slice(None), slice(None), slice(None)))]
-    assert len(shapes) == groups
-    assert sum(shape[0] for shape in shapes) == len(paths)
+    return shapes
 
 
 def test_a_window_works_out_its_box_once_not_per_file(paths: list[str], monkeypatch) -> None:
@@ -372,19 +379,8 @@ def test_groups_decoded_in_place_stay_bounded(paths: list[str], monkeypatch) -> 
     larger than ``DECODE_IN_PLACE_BYTES`` is decoded in groups of at most that size."""
     from xrdist import array
 
-    shapes: list[tuple[int, ...]] = []
-    decode_into = array.decode_into
-
-    def counted(functions, raw, out):
-        shapes.append(out.shape)
-        decode_into(functions, raw, out)
-
-    monkeypatch.setattr(array, "decode_into", counted)
     monkeypatch.setattr(array, "DECODE_IN_PLACE_BYTES", 3 * NY * NX * 4)  # 3 dates of float32
-    ds = xrdist.open_mfdataset(paths, concat_dim="time", combine="nested", chunks=None)
-    stack = ds["packed_u2"].variable._data.array
-    with xrdist.set_options(read_threads=1):
-        stack[indexing.BasicIndexer((slice(None), slice(None), slice(None)))]
+    shapes = _decoded_groups(paths, monkeypatch, read_threads=1)
     assert [shape[0] for shape in shapes] == [3, 3, 3, 3]
 
 
