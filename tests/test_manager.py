@@ -130,6 +130,20 @@ def test_close_while_leased_is_deferred(make_h5, no_leaks):
     assert not g.id.valid
 
 
+def test_a_deferred_close_frees_its_place_in_the_bound(make_h5, no_leaks):
+    """Once a handle closed while leased is closed at its lease's end, it no longer
+    counts against maxsize: shrinking the cache to one keeps the one idle handle."""
+    a, b = make_h5(2)
+    manager = HandleManager(maxsize=2)
+    with manager.lease(spec_for(a)):
+        manager.close(spec_for(a))  # retired, closed when this lease ends
+        read_x(manager, b)  # b, idle
+    manager.resize(maxsize=1)
+    assert manager.is_open(spec_for(b))
+    assert manager.info().evictions == 0
+    manager.clear()
+
+
 def test_threads_leasing_one_missing_file_share_one_open(make_h5, no_leaks):
     """Concurrent leases of a file not yet open result in exactly one open."""
     (path,) = make_h5(1)

@@ -367,7 +367,7 @@ def byte_range_reader(handle: h5py.File, group: str | None, name: str) -> BoxRea
     indexing, or ``reader.read_box(box)``) that reads through ``handle`` by byte ranges
     with no HDF5 call, or None: byte-range reads are off, or the
     variable's index is not built yet, or it is read through h5py. The decision is made
-    here, once: the function reads no option. A stale handle then yields at worst
+    here, once: the reader reads no option. A stale handle then yields at worst
     wrong bytes, which the caller's check of the file after the read catches. Makes no
     HDF5 call; thread-safe."""
     if not get_option("byte_range_reads"):
