@@ -122,6 +122,48 @@ def test_a_call_that_starts_while_another_has_helpers_shares_them() -> None:
     assert len(b_threads) >= 2, b_threads
 
 
+def test_helpers_come_back_to_a_call_when_another_ends() -> None:
+    """With read_threads=4, a call shares the reader threads with a call that starts
+    later, and gets them back once that one ends: the first call's last items are read
+    by four threads again."""
+    lock = threading.Lock()
+    inside, most = [0], [0]
+    b_done = threading.Event()
+    late_a_threads: set[str] = set()
+
+    def counted(work):
+        def item(i: int) -> None:
+            with lock:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            try:
+                work(i)
+            finally:
+                with lock:
+                    inside[0] -= 1
+
+        return item
+
+    def a_item(i: int) -> None:
+        if b_done.is_set():
+            late_a_threads.add(threading.current_thread().name)
+        threading.Event().wait(0.005)
+
+    def b() -> None:
+        run_in_readers(counted(lambda _: threading.Event().wait(0.005)), list(range(40)))
+        b_done.set()
+
+    with xrdist.set_options(read_threads=4):
+        second = threading.Timer(0.03, b)
+        second.start()
+        run_in_readers(counted(a_item), list(range(300)))
+        second.join(10)
+    assert b_done.is_set()
+    # The second call reads at once: one thread more until a helper ends its item.
+    assert most[0] <= 5
+    assert len(late_a_threads) == 4, late_a_threads
+
+
 def test_items_are_planned_for_the_threads_that_will_take_them() -> None:
     """``items`` as a function gets the number of threads that will take them: the
     caller and its helpers, or 1 for a call that reads alone."""

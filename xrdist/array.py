@@ -273,9 +273,9 @@ def _reader_pool(size: int) -> ThreadPoolExecutor | None:
 
 
 def _forget_pool_after_fork() -> None:
-    global _pool, _pool_lock, _busy, _helping, _busy_lock
+    global _pool, _pool_lock, _busy, _helping, _calls, _busy_lock
     _pool, _pool_lock = None, threading.Lock()
-    _busy, _helping, _busy_lock = 0, 0, threading.Lock()
+    _busy, _helping, _calls, _busy_lock = 0, 0, [], threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_pool_after_fork)
@@ -284,16 +284,21 @@ os.register_at_fork(after_in_child=_forget_pool_after_fork)
 def run_in_readers(function: Any, items: Sequence[Any] | Callable[[int], Sequence[Any]]) -> None:
     """Call ``function(item)`` for every item; exceptions propagate (the first one).
 
-    The caller takes items from one shared queue, helped by as many reader threads as
-    ``read_threads`` leaves free once every call in progress has its own thread: a
-    single task (one output chunk) reads on every core, while tasks that already run in
-    parallel (dask's threads) each read alone instead of crowding the cores with
-    threads that only take turns at the GIL. A reader thread never asks for helpers (a
-    reader waiting for readers could deadlock the pool).
+    The caller takes its items one by one, helped by the process's reader threads while
+    the calls in progress (each reading in its own thread) and the helpers at work are
+    fewer than ``read_threads``: a single task (one output chunk) reads on every core,
+    while tasks that already run in parallel (dask's threads) each read alone instead of
+    crowding the cores with threads that only take turns at the GIL. A helper takes one
+    item at a time, each time from the call with items left that has the fewest
+    helpers, and only while there is a core for it: so it makes way for a task that
+    dask starts, moves to a call that started later, and comes back when a call ends.
+    A reader thread never asks for helpers (a reader waiting for readers could
+    deadlock the pool). The caller returns only once no helper is inside one of its
+    items (they write into its output).
 
-    ``items`` may be a function of the number of threads that will take them (the
-    caller and its helpers) that returns them, so that work can be split to fit: a call
-    that reads alone is better off with few, large items.
+    ``items`` may be a function of the number of threads that may take them at first
+    (the caller and the helpers free now) that returns them, so that work can be split
+    to fit: a call that reads alone is better off with few, large items.
     """
     global _busy
     in_reader = threading.current_thread().name.startswith("xrdist-read")
@@ -305,92 +310,109 @@ def run_in_readers(function: Any, items: Sequence[Any] | Callable[[int], Sequenc
         return
     with _busy_lock:
         _busy += 1
-        spare = max(0, size - _busy)  # other calls' helpers beyond their share make way
+        spare = max(0, size - _busy - _helping)
+    call: _Call | None = None
     try:
         if callable(items):
             items = items(1 + spare)
-        _run_shared(function, items, pool, max(0, min(spare, len(items) - 1)), size)
+        call = _Call(function, items, size)
+        with _busy_lock:
+            _calls.append(call)
+        for _ in range(min(spare, len(items) - 1)):
+            pool.submit(_help)
+        call.run_as_caller()
     finally:
         with _busy_lock:
             _busy -= 1
+            if call is not None:
+                _calls.remove(call)
+            free = size - _busy - _helping
+            wanted = sum(other.left for other in _calls if not other.failed)
+        for _ in range(max(0, min(free, wanted))):  # a core freed: help the calls left
+            pool.submit(_help)
+    if call.failed:
+        raise call.failed[0]
 
 
-def _run_shared(
-    function: Any, items: Sequence[Any], pool: ThreadPoolExecutor, helpers: int, size: int
-) -> None:
-    """``function`` over ``items`` from one queue, by the caller and up to ``helpers``
-    threads of ``pool``; returns once every helper has stopped, raising the first error.
+class _Call:
+    """One call of :func:`run_in_readers` in progress: its items, and who is reading
+    them. Every field is guarded by ``_busy_lock``."""
 
-    Before each item, a helper stops if the calls in progress and their helpers
-    outnumber ``size`` (the ``read_threads`` of this call) while this call has more
-    helpers than its share of the threads the calls leave free (rounded up). When dask
-    starts a second task on two cores just after a first one took a helper, the
-    helper makes way for it instead of running a third thread until the first task
-    ends; on more cores, calls that started at different times end up sharing the
-    spare threads."""
-    queue = iter(items)
-    take = threading.Lock()
-    failed: list[BaseException] = []
-    mine = [0]  # this call's helpers at work (guarded by _busy_lock)
+    __slots__ = ("failed", "function", "helpers", "left", "queue", "settled", "size")
 
-    def work(helper: bool = False) -> object:
-        """Take items until none is left or one failed; a helper returns ``_LEFT`` if
-        it stopped to make way (its counts already taken back)."""
-        while not failed:  # (and None when it stops otherwise)
-            if helper and _busy + _helping > size and leave():
-                return _LEFT
-            with take:
-                item = next(queue, _DONE)
-            if item is _DONE:
-                return None
-            try:
-                function(item)
-            except BaseException as err:
-                failed.append(err)
-                raise
+    def __init__(self, function: Any, items: Sequence[Any], size: int) -> None:
+        self.function = function
+        self.queue = iter(items)
+        self.left = len(items)  # items not taken yet
+        self.size = size  # the read_threads of this call: most threads on its items
+        self.failed: list[BaseException] = []
+        self.helpers = 0  # helper threads inside one of its items now
+        self.settled = threading.Condition(_busy_lock)  # notified when helpers drops to 0
 
-    def leave() -> bool:
-        """Stop one helper of this call if it has more than its share (atomically)."""
-        global _helping
-        with _busy_lock:
-            share = -(-max(0, size - _busy) // max(1, _busy))
-            if _busy + _helping <= size or mine[0] <= share:
-                return False
-            mine[0] -= 1
-            _helping -= 1
-            return True
+    def take(self) -> Any:
+        """Under the lock: the next item, or ``_DONE`` (none left, or one failed)."""
+        if self.failed or not self.left:
+            return _DONE
+        self.left -= 1
+        return next(self.queue)
 
-    def help() -> None:
-        global _helping
-        with _busy_lock:
-            mine[0] += 1
-            _helping += 1
-        left = False
+    def run_as_caller(self) -> None:
+        """In the calling thread: take items until none is left, then wait until no
+        helper is inside one; an item's error is recorded and the rest skipped."""
         try:
-            left = work(helper=True) is _LEFT
-        finally:
-            if not left:
+            while True:
                 with _busy_lock:
-                    mine[0] -= 1
-                    _helping -= 1
+                    item = self.take()
+                if item is _DONE:
+                    break
+                try:
+                    self.function(item)
+                except BaseException as err:
+                    with _busy_lock:
+                        self.failed.append(err)
+                    raise
+        finally:
+            with self.settled:
+                self.left = 0  # nothing more for helpers, even after an interrupt
+                while self.helpers:
+                    self.settled.wait()
 
-    running = [pool.submit(help) for _ in range(helpers)]
-    try:
-        work()
-    finally:
-        for helper in running:
-            helper.exception()  # wait: no reader may still write into the caller's output
-    if failed:
-        raise failed[0]
+
+def _help() -> None:
+    """A reader thread's turn: take one item at a time from the call with items left
+    that has the fewest helpers, while the calls in progress and the helpers at work
+    leave a core for it (``read_threads`` of that call); then return to the pool."""
+    global _helping
+    while True:
+        with _busy_lock:
+            calls = [c for c in _calls if c.left and not c.failed and _busy + _helping < c.size]
+            if not calls:
+                return
+            call = min(calls, key=lambda c: c.helpers)
+            item = call.take()
+            call.helpers += 1
+            _helping += 1
+        try:
+            call.function(item)
+        except BaseException as err:
+            with _busy_lock:
+                call.failed.append(err)
+        finally:
+            with _busy_lock:
+                _helping -= 1
+                call.helpers -= 1
+                if not call.helpers:
+                    call.settled.notify_all()
 
 
 # Calls of run_in_readers in progress, each reading in its own thread.
 _busy = 0
-# Reader threads helping those calls now.
+# Reader threads inside an item of one of those calls now.
 _helping = 0
+# Those calls, to be helped.
+_calls: list[_Call] = []
 _busy_lock = threading.Lock()
 _DONE = object()
-_LEFT = object()
 
 
 def _axis_length(key: Any, n: int) -> int | None:
