@@ -164,6 +164,88 @@ def test_helpers_come_back_to_a_call_when_another_ends() -> None:
     assert len(late_a_threads) == 4, late_a_threads
 
 
+def test_the_first_error_propagates_not_the_callers_later_one() -> None:
+    both = threading.Barrier(2, timeout=10)
+    helper_failed = threading.Event()
+
+    def item(_: int) -> None:
+        both.wait()  # the caller and its helper each hold one item
+        if threading.current_thread().name.startswith("xrdist-read"):
+            helper_failed.set()
+            raise ValueError("the helper's item, first")
+        assert helper_failed.wait(10)
+        raise RuntimeError("the caller's item, later")
+
+    with xrdist.set_options(read_threads=2), pytest.raises(ValueError, match="first"):
+        run_in_readers(item, [0, 1])
+
+
+def test_a_caller_waiting_for_its_helpers_leaves_its_core_to_others() -> None:
+    """read_threads=3: call A's caller has finished its item and waits while a helper
+    reads A's other item; call B can then have a helper (B, A's helper and B's helper
+    are three threads), which its two items need to run together."""
+    a_waiting, b_done = threading.Event(), threading.Event()
+    both_started = threading.Barrier(2, timeout=10)
+
+    def a_item(_: int) -> None:
+        both_started.wait()
+        if threading.current_thread().name.startswith("xrdist-read"):
+            assert b_done.wait(10)  # the long item, in the helper
+        else:
+            a_waiting.set()
+
+    together = threading.Barrier(2, timeout=5)
+
+    with xrdist.set_options(read_threads=3):
+        first = threading.Thread(target=run_in_readers, args=(a_item, [0, 1]))
+        first.start()
+        assert a_waiting.wait(10)
+        threading.Event().wait(0.05)  # A's caller is now waiting for its helper
+        try:
+            run_in_readers(lambda _: together.wait(), [0, 1])
+        finally:
+            b_done.set()
+            first.join(10)
+
+
+def test_a_call_still_planning_is_helped_when_another_ends() -> None:
+    """Helpers are counted for a call once its items exist: a call whose ``items``
+    function ran while another call held the threads still gets a helper after it."""
+    a_done = threading.Event()
+    together = threading.Barrier(2, timeout=5)
+
+    def plan(readers: int) -> list[int]:
+        assert a_done.wait(10)  # the other call has ended meanwhile
+        return [0, 1]
+
+    with xrdist.set_options(read_threads=2):
+        first = threading.Thread(
+            target=lambda: (
+                run_in_readers(lambda _: threading.Event().wait(0.005), list(range(20))),
+                a_done.set(),
+            )
+        )
+        first.start()
+        run_in_readers(lambda _: together.wait(), plan)
+        first.join(10)
+
+
+def test_a_call_from_a_callers_own_item_runs_inline() -> None:
+    """A caller already counts as a reading thread: a call nested in its item (a TIFF
+    read by tiles inside a stack read) reads in that thread, not with helpers taken
+    from other calls."""
+    inner_names: set[str] = set()
+
+    def outer(_: int) -> None:
+        run_in_readers(lambda _: inner_names.add(threading.current_thread().name), range(9))
+
+    with xrdist.set_options(read_threads=3):
+        caller = threading.Thread(target=run_in_readers, args=(outer, [0]), name="outer-caller")
+        caller.start()
+        caller.join(10)
+    assert inner_names == {"outer-caller"}
+
+
 def test_items_are_planned_for_the_threads_that_will_take_them() -> None:
     """``items`` as a function gets the number of threads that will take them: the
     caller and its helpers, or 1 for a call that reads alone."""

@@ -273,16 +273,19 @@ def _reader_pool(size: int) -> ThreadPoolExecutor | None:
 
 
 def _forget_pool_after_fork() -> None:
-    global _pool, _pool_lock, _busy, _helping, _calls, _busy_lock
+    global _pool, _pool_lock, _busy, _helping, _calls, _busy_lock, _in_call
     _pool, _pool_lock = None, threading.Lock()
     _busy, _helping, _calls, _busy_lock = 0, 0, [], threading.Lock()
+    _in_call = threading.local()
 
 
 os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
 def run_in_readers(function: Any, items: Sequence[Any] | Callable[[int], Sequence[Any]]) -> None:
-    """Call ``function(item)`` for every item; exceptions propagate (the first one).
+    """Call ``function(item)`` for every item; the first error propagates once no helper
+    is inside an item (an interrupt of the caller's own item rather than an earlier
+    error), and the items not started are skipped.
 
     The caller takes its items one by one, helped by the process's reader threads while
     the calls in progress (each reading in its own thread) and the helpers at work are
@@ -292,44 +295,53 @@ def run_in_readers(function: Any, items: Sequence[Any] | Callable[[int], Sequenc
     item at a time, each time from the call with items left that has the fewest
     helpers, and only while there is a core for it: so it makes way for a task that
     dask starts, moves to a call that started later, and comes back when a call ends.
-    A reader thread never asks for helpers (a reader waiting for readers could
-    deadlock the pool). The caller returns only once no helper is inside one of its
-    items (they write into its output).
+    A call made from inside another (by a reader thread, or by a caller's own items)
+    runs inline: a reader waiting for readers could deadlock the pool. The caller
+    returns only once no helper is inside one of its items (they write into its
+    output); while it waits, its core is left to others.
 
     ``items`` may be a function of the number of threads that may take them at first
     (the caller and the helpers free now) that returns them, so that work can be split
     to fit: a call that reads alone is better off with few, large items.
     """
     global _busy
-    in_reader = threading.current_thread().name.startswith("xrdist-read")
-    size = reader_threads()
-    pool = None if in_reader else _reader_pool(size)
-    if pool is None:
+    if threading.current_thread().name.startswith("xrdist-read") or getattr(
+        _in_call, "active", False
+    ):
         for item in items(1) if callable(items) else items:
             function(item)
         return
+    size = reader_threads()
+    pool = _reader_pool(size)
     with _busy_lock:
         _busy += 1
         spare = max(0, size - _busy - _helping)
     call: _Call | None = None
+    _in_call.active = True
     try:
         if callable(items):
             items = items(1 + spare)
         call = _Call(function, items, size)
-        with _busy_lock:
-            _calls.append(call)
-        for _ in range(min(spare, len(items) - 1)):
-            pool.submit(_help)
-        call.run_as_caller()
+        if pool is not None:
+            with _busy_lock:
+                _calls.append(call)
+                spare = max(0, size - _busy - _helping)  # again: calls may have ended meanwhile
+            for _ in range(min(spare, len(items) - 1)):
+                pool.submit(_help)
+        call.take_all()
     finally:
+        _in_call.active = False
         with _busy_lock:
-            _busy -= 1
-            if call is not None:
+            _busy -= 1  # this thread reads no more: its core is free while it waits
+            if call is not None and pool is not None:
+                call.left = 0
                 _calls.remove(call)
-            free = size - _busy - _helping
-            wanted = sum(other.left for other in _calls if not other.failed)
-        for _ in range(max(0, min(free, wanted))):  # a core freed: help the calls left
-            pool.submit(_help)
+            wanted = _helpers_wanted()
+        shared = pool or _pool  # a read_threads=1 call ending can still free a core
+        for _ in range(wanted if shared is not None else 0):
+            shared.submit(_help)  # type: ignore[union-attr]
+        if call is not None:
+            call.wait_for_helpers()
     if call.failed:
         raise call.failed[0]
 
@@ -356,26 +368,40 @@ class _Call:
         self.left -= 1
         return next(self.queue)
 
-    def run_as_caller(self) -> None:
-        """In the calling thread: take items until none is left, then wait until no
-        helper is inside one; an item's error is recorded and the rest skipped."""
-        try:
-            while True:
+    def take_all(self) -> None:
+        """In the calling thread: take items until none is left or one failed. An
+        error is recorded (the first one is raised once the helpers are out); an
+        interrupt (not an ``Exception``) propagates at once."""
+        while True:
+            with _busy_lock:
+                item = self.take()
+            if item is _DONE:
+                return
+            try:
+                self.function(item)
+            except BaseException as err:
                 with _busy_lock:
-                    item = self.take()
-                if item is _DONE:
-                    break
-                try:
-                    self.function(item)
-                except BaseException as err:
-                    with _busy_lock:
-                        self.failed.append(err)
+                    self.failed.append(err)
+                if not isinstance(err, Exception):
                     raise
-        finally:
-            with self.settled:
-                self.left = 0  # nothing more for helpers, even after an interrupt
-                while self.helpers:
-                    self.settled.wait()
+                return
+
+    def wait_for_helpers(self) -> None:
+        """Until no helper is inside one of this call's items (no item is taken once
+        ``left`` is 0)."""
+        with self.settled:
+            while self.helpers:
+                self.settled.wait()
+
+
+def _helpers_wanted() -> int:
+    """Under the lock: how many more helpers the calls in progress could use now, each
+    call's ``read_threads`` bounding the threads at work while it has items left."""
+    live = [c for c in _calls if c.left and not c.failed]
+    if not live:
+        return 0
+    free = max(c.size for c in live) - _busy - _helping
+    return max(0, min(free, sum(c.left for c in live)))
 
 
 def _help() -> None:
@@ -405,13 +431,15 @@ def _help() -> None:
                     call.settled.notify_all()
 
 
-# Calls of run_in_readers in progress, each reading in its own thread.
+# Calls of run_in_readers in progress whose caller is reading (not waiting for helpers).
 _busy = 0
 # Reader threads inside an item of one of those calls now.
 _helping = 0
-# Those calls, to be helped.
+# The calls in progress that reader threads may help.
 _calls: list[_Call] = []
 _busy_lock = threading.Lock()
+# Whether this thread is inside a call of run_in_readers (a nested call runs inline).
+_in_call = threading.local()
 _DONE = object()
 
 
