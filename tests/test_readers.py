@@ -246,6 +246,57 @@ def test_a_call_from_a_callers_own_item_runs_inline() -> None:
     assert inner_names == {"outer-caller"}
 
 
+def test_a_call_ending_frees_cores_by_the_read_threads_of_the_calls_left() -> None:
+    """A call made with read_threads=4 keeps one helper beside a read_threads=2 call;
+    when that one ends, the helpers sent back follow the first call's 4, not the
+    ending call's 2: the first call's last items are read by four threads."""
+    a_started, b_done = threading.Event(), threading.Event()
+    late_a_threads: set[str] = set()
+
+    def a_item(_: int) -> None:
+        a_started.set()
+        if b_done.is_set():
+            late_a_threads.add(threading.current_thread().name)
+        threading.Event().wait(0.005)
+
+    with xrdist.set_options(read_threads=4):
+        first = threading.Thread(target=run_in_readers, args=(a_item, list(range(300))))
+        first.start()
+        assert a_started.wait(10)
+        with xrdist.set_options(read_threads=2):
+            run_in_readers(lambda _: threading.Event().wait(0.005), list(range(10)))
+        b_done.set()
+        first.join(10)
+    assert len(late_a_threads) == 4, late_a_threads
+
+
+def test_a_call_with_one_read_thread_counts_as_reading() -> None:
+    """A read_threads=1 call reads in its own thread, and the other calls count it: a
+    read_threads=2 call beside it gets no helper."""
+    a_started, b_done = threading.Event(), threading.Event()
+    b_names: set[str] = set()
+
+    def a_item(_: int) -> None:
+        a_started.set()
+        assert b_done.wait(10)
+
+    def b_item(_: int) -> None:
+        b_names.add(threading.current_thread().name)
+        threading.Event().wait(0.002)
+
+    with xrdist.set_options(read_threads=1):
+        first = threading.Thread(target=run_in_readers, args=(a_item, [0]))
+        first.start()
+        assert a_started.wait(10)
+    with xrdist.set_options(read_threads=2):
+        try:
+            run_in_readers(b_item, list(range(20)))
+        finally:
+            b_done.set()
+            first.join(10)
+    assert b_names == {threading.current_thread().name}
+
+
 def test_items_are_planned_for_the_threads_that_will_take_them() -> None:
     """``items`` as a function gets the number of threads that will take them: the
     caller and its helpers, or 1 for a call that reads alone."""
