@@ -4,6 +4,7 @@ threads; decode_batches: how a window's files are grouped for them."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -11,6 +12,18 @@ import xrdist
 from xrdist.array import decode_batches, run_in_readers
 
 pytestmark = pytest.mark.timeout(60)
+
+
+def _io(seconds: float = 0.005) -> None:
+    """A stand-in for a read: waits without holding the GIL."""
+    time.sleep(seconds)
+
+
+def _start_call(function, items, name: str | None = None) -> threading.Thread:
+    """``run_in_readers(function, items)`` started in a thread of its own."""
+    thread = threading.Thread(target=run_in_readers, args=(function, items), name=name)
+    thread.start()
+    return thread
 
 
 def test_a_lone_call_reads_on_read_threads_threads_at_once() -> None:
@@ -43,8 +56,7 @@ def test_a_call_made_while_others_read_reads_alone() -> None:
         second_names.append(threading.current_thread().name)
 
     with xrdist.set_options(read_threads=2):
-        first = threading.Thread(target=run_in_readers, args=(first_item, [0, 1]))
-        first.start()
+        first = _start_call(first_item, [0, 1])
         assert first_started.wait(10)
 
         def second() -> None:
@@ -70,7 +82,7 @@ def test_a_helper_makes_way_for_a_call_that_starts_after_it() -> None:
         if i < 2:  # the caller and its helper each hold an item until b is inside its call
             assert b_inside.wait(10)
         else:  # long enough that a helper still taking items would take some
-            threading.Event().wait(0.005)
+            _io()
 
     def b_item(_: int) -> None:
         b_inside.set()
@@ -86,10 +98,9 @@ def test_a_helper_makes_way_for_a_call_that_starts_after_it() -> None:
         for _ in range(1000):
             if len(taken) == 2:
                 break
-            threading.Event().wait(0.01)
+            time.sleep(0.01)
         assert len(taken) == 2, taken
-        second = threading.Thread(target=run_in_readers, args=(b_item, [0]), name="b-caller")
-        second.start()
+        second = _start_call(b_item, [0], name="b-caller")
         first.join(10)
         second.join(10)
     helped = [i for i, name in taken if name.startswith("xrdist-read")]
@@ -106,17 +117,16 @@ def test_a_call_that_starts_while_another_has_helpers_shares_them() -> None:
 
     def a_item(_: int) -> None:
         a_started.set()
-        threading.Event().wait(0.005)
+        _io()
 
     def b_item(_: int) -> None:
         b_threads.add(threading.current_thread().name)
-        threading.Event().wait(0.005)
+        _io()
 
     with xrdist.set_options(read_threads=4):
-        first = threading.Thread(target=run_in_readers, args=(a_item, list(range(200))))
-        first.start()
+        first = _start_call(a_item, list(range(200)))
         assert a_started.wait(10)
-        threading.Event().wait(0.05)  # the first call's helpers are at work
+        time.sleep(0.05)  # the first call's helpers are at work
         run_in_readers(b_item, list(range(100)))
         first.join(10)
     assert len(b_threads) >= 2, b_threads
@@ -147,10 +157,10 @@ def test_helpers_come_back_to_a_call_when_another_ends() -> None:
     def a_item(i: int) -> None:
         if b_done.is_set():
             late_a_threads.add(threading.current_thread().name)
-        threading.Event().wait(0.005)
+        _io()
 
     def b() -> None:
-        run_in_readers(counted(lambda _: threading.Event().wait(0.005)), list(range(40)))
+        run_in_readers(counted(lambda _: _io()), list(range(40)))
         b_done.set()
 
     with xrdist.set_options(read_threads=4):
@@ -197,10 +207,9 @@ def test_a_caller_waiting_for_its_helpers_leaves_its_core_to_others() -> None:
     together = threading.Barrier(2, timeout=5)
 
     with xrdist.set_options(read_threads=3):
-        first = threading.Thread(target=run_in_readers, args=(a_item, [0, 1]))
-        first.start()
+        first = _start_call(a_item, [0, 1])
         assert a_waiting.wait(10)
-        threading.Event().wait(0.05)  # A's caller is now waiting for its helper
+        time.sleep(0.05)  # A's caller is now waiting for its helper
         try:
             run_in_readers(lambda _: together.wait(), [0, 1])
         finally:
@@ -221,7 +230,7 @@ def test_a_call_still_planning_is_helped_when_another_ends() -> None:
     with xrdist.set_options(read_threads=2):
         first = threading.Thread(
             target=lambda: (
-                run_in_readers(lambda _: threading.Event().wait(0.005), list(range(20))),
+                run_in_readers(lambda _: _io(), list(range(20))),
                 a_done.set(),
             )
         )
@@ -240,8 +249,7 @@ def test_a_call_from_a_callers_own_item_runs_inline() -> None:
         run_in_readers(lambda _: inner_names.add(threading.current_thread().name), range(9))
 
     with xrdist.set_options(read_threads=3):
-        caller = threading.Thread(target=run_in_readers, args=(outer, [0]), name="outer-caller")
-        caller.start()
+        caller = _start_call(outer, [0], name="outer-caller")
         caller.join(10)
     assert inner_names == {"outer-caller"}
 
@@ -257,14 +265,13 @@ def test_a_call_ending_frees_cores_by_the_read_threads_of_the_calls_left() -> No
         a_started.set()
         if b_done.is_set():
             late_a_threads.add(threading.current_thread().name)
-        threading.Event().wait(0.005)
+        _io()
 
     with xrdist.set_options(read_threads=4):
-        first = threading.Thread(target=run_in_readers, args=(a_item, list(range(300))))
-        first.start()
+        first = _start_call(a_item, list(range(300)))
         assert a_started.wait(10)
         with xrdist.set_options(read_threads=2):
-            run_in_readers(lambda _: threading.Event().wait(0.005), list(range(10)))
+            run_in_readers(lambda _: _io(), list(range(10)))
         b_done.set()
         first.join(10)
     assert len(late_a_threads) == 4, late_a_threads
@@ -282,11 +289,10 @@ def test_a_call_with_one_read_thread_counts_as_reading() -> None:
 
     def b_item(_: int) -> None:
         b_names.add(threading.current_thread().name)
-        threading.Event().wait(0.002)
+        _io(0.002)
 
     with xrdist.set_options(read_threads=1):
-        first = threading.Thread(target=run_in_readers, args=(a_item, [0]))
-        first.start()
+        first = _start_call(a_item, [0])
         assert a_started.wait(10)
     with xrdist.set_options(read_threads=2):
         try:
