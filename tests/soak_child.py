@@ -80,12 +80,14 @@ def index_of(path: str) -> int:
     return int(os.path.basename(path).split("_")[1].split(".")[0])
 
 
-def data_fds() -> int:
-    """Descriptors of this process open on data files (``.nc``)."""
+def data_fds(folders: tuple[str, ...]) -> int:
+    """Descriptors of this process open on data files (``.nc``) in ``folders`` (not on
+    files that other tests of the same process read)."""
     count = 0
     for fd in os.listdir("/proc/self/fd"):
         try:
-            if os.readlink(f"/proc/self/fd/{fd}").endswith(".nc"):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.endswith(".nc") and target.startswith(folders):
                 count += 1
         except OSError:
             pass
@@ -112,6 +114,8 @@ class Soak:
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.scratch = tempfile.mkdtemp(prefix="xrdist-soak-")
+        every_file = [path for paths in self.files.values() for path in paths]
+        self.folders = (os.path.commonpath(every_file) + os.sep, self.scratch + os.sep)
 
     # -- invariants ----------------------------------------------------------------------
 
@@ -119,7 +123,7 @@ class Soak:
         maxsize = self.config["maxsize"]
         while not self.stop.wait(0.005):
             before = self.xrdist.cache_info()
-            fds = data_fds()
+            fds = data_fds(self.folders)
             after = self.xrdist.cache_info()
             leased = max(before.leased_now, after.leased_now)
             self.samples += 1
@@ -263,9 +267,9 @@ class Soak:
         gc.collect()
         end = time.monotonic() + 10
 
-        while (data_fds() or xrdist.cache_info().open_now) and time.monotonic() < end:
+        while (data_fds(self.folders) or xrdist.cache_info().open_now) and time.monotonic() < end:
             time.sleep(0.05)
-        left = data_fds()
+        left = data_fds(self.folders)
         extra = [t.name for t in threading.enumerate() if t not in before and t.is_alive()]
         unexpected = [n for n in extra if not n.startswith("xrdist-read")]
         shutil.rmtree(self.scratch, ignore_errors=True)
