@@ -11,7 +11,14 @@ import pytest
 import xarray as xr
 
 import xrdist
-from xrdist.byterange import CorruptChunkError, _fletcher32, _unshuffle, build_chunk_index
+from xrdist import byterange
+from xrdist.byterange import (
+    CorruptChunkError,
+    UnshuffleBatch,
+    _fletcher32,
+    _unshuffle,
+    build_chunk_index,
+)
 from xrdist.formats.h5pylib import chunk_index, read_path
 
 SHAPE, CHUNKS = (37, 23), (8, 7)  # edge chunks on both axes
@@ -123,6 +130,77 @@ def test_unshuffle_puts_byte_b_of_element_i_from_plane_b(itemsize, leftover):
     expected = [shuffled[b * n + i] for i in range(n) for b in range(itemsize)]
     expected += list(shuffled[n * itemsize :])  # bytes past the last element: as they are
     assert _unshuffle(shuffled.tobytes(), itemsize).tolist() == expected
+
+
+BOXES = [(slice(0, 37), slice(0, 23)), (slice(3, 29), slice(2, 21)), (slice(8, 16), slice(7, 14))]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_read_box_into_a_batch_matches_h5py(h5file, dtype):
+    """Boxes of every filter combination written into outputs of their own dtype and of
+    float64 through one batch of three chunks' room: chunks stored with deflate then
+    shuffle wait in the batch (flushed when full, and at the end), the others (no
+    shuffle, fletcher32, zstd, unallocated) are written at once; all are h5py's values."""
+    itemsize = np.dtype(dtype).itemsize
+    expected, outs = [], []
+    with h5py.File(h5file, "r") as f, UnshuffleBatch(limit=3 * 56 * itemsize) as batch:
+        fd = f.id.get_vfd_handle()
+        for fname in [*FILTERS, "sparse"]:
+            name = "sparse" if fname == "sparse" else f"{fname}/{dtype}"
+            dset = f[name]
+            index = build_chunk_index(dset, h5file, name)
+            for box in BOXES if fname != "sparse" else [(slice(5, 25), slice(0, 30))]:
+                for out_dtype in (dset.dtype, np.dtype("f8")):
+                    out = np.empty([s.stop - s.start for s in box], out_dtype)
+                    assert index.read_box_into(fd, box, out, batch) == dset.dtype
+                    outs.append(out)
+                    expected.append(dset[box].astype(out_dtype))
+        batch.flush()
+    for out, values in zip(outs, expected, strict=True):
+        assert out.tobytes() == values.tobytes()
+
+
+def test_a_stack_window_is_unshuffled_in_one_pass(tmp_path, monkeypatch):
+    """Twelve files (above the size read with the metadata) of one shuffled, deflated
+    chunk per window: each window's twelve chunks are unshuffled by the same numpy
+    calls (one pass per window, not twelve), and the values are those xarray reads."""
+    paths = []
+    for i in range(12):
+        values = np.arange(256 * 256, dtype="u2").reshape(1, 256, 256) * (i + 1)
+        ds = xr.Dataset({"v": (("time", "y", "x"), values)}, coords={"time": [i]})
+        path = tmp_path / f"s{i:02d}.nc"
+        ds.to_netcdf(
+            path, encoding={"v": {"zlib": True, "shuffle": True, "chunksizes": (1, 128, 128)}}
+        )
+        paths.append(str(path))
+    passes = []
+    unshuffle_planes = byterange._unshuffle_planes
+
+    def counted(planes):
+        passes.append(planes.shape[0])
+        return unshuffle_planes(planes)
+
+    monkeypatch.setattr(byterange, "_unshuffle_planes", counted)
+    with xrdist.set_options(read_threads=1):
+        stack = xrdist.open_mfdataset(paths, chunks={"time": -1, "y": 128, "x": 128}).v
+        stack.values  # noqa: B018  (a file's first read goes through h5py: it indexes the chunks)
+        passes.clear()
+        got = stack.values
+    assert passes == [12, 12, 12, 12]  # four windows
+    with xr.open_mfdataset(paths, engine="h5netcdf", combine="by_coords") as expected:
+        np.testing.assert_array_equal(got, expected.v.values)
+
+
+def test_a_thread_keeps_its_staging_bytes_for_its_next_batch():
+    """Batches one after another in a thread stage in the same bytes (not a fresh
+    megabyte per group of files); a batch opened inside another stages in its own."""
+    dtype, chunks = np.dtype("u2"), (16, 16)
+    with UnshuffleBatch() as outer:
+        first = outer.stage(dtype, chunks)
+        with UnshuffleBatch() as inner:
+            assert not np.shares_memory(inner.stage(dtype, chunks), first)
+    with UnshuffleBatch() as later:
+        assert np.shares_memory(later.stage(dtype, chunks), first)
 
 
 def test_unallocated_chunks_read_as_fill_value(h5file):

@@ -260,7 +260,14 @@ def test_a_part_of_another_dtype_names_the_file(paths: list[str], monkeypatch) -
         raw = read_raw(self, f, key, box)
         return raw.astype("u4") if f == 1 else raw
 
+    read_into = xrdist.array.read_window_into
+
+    def read_into_changed(proxy, *args):  # the byte-range path, straight into the window
+        dtype = read_into(proxy, *args)
+        return np.dtype("u4") if proxy.path == paths[1] else dtype
+
     monkeypatch.setattr(StackArray, "_read_raw", read_raw_changed)
+    monkeypatch.setattr(xrdist.array, "read_window_into", read_into_changed)
     with xrdist.set_options(read_threads=1), pytest.raises(ValueError, match=r"d1\.nc"):
         stack[indexing.BasicIndexer((slice(None), slice(None), slice(None)))]
 

@@ -35,6 +35,7 @@ from dask.system import CPU_COUNT
 from xarray.backends import BackendArray
 from xarray.core import indexing
 
+from xrdist.byterange import UnshuffleBatch
 from xrdist.decoding import converted_dtype, decode_into
 from xrdist.formats import get_format
 from xrdist.identity import FileIdentity
@@ -87,6 +88,51 @@ def read_window(
     ``box``, when the caller knows it: the unit-step slices of the file that ``key``
     selects (a stack's window selects the same in all its files), read as they are by
     a byte-range read instead of working them out again from ``key``."""
+
+    def by_bytes(reader: Any) -> np.ndarray:
+        return reader(key) if box is None else reader.read_box(box)
+
+    return _leased_read(proxy, library, group, name, identity, key, by_bytes, lambda data: data)
+
+
+def read_window_into(
+    proxy: HandleProxy,
+    library: str,
+    group: str | None,
+    name: str,
+    identity: FileIdentity,
+    box: tuple[slice, ...],
+    out: np.ndarray,
+    batch: UnshuffleBatch | None = None,
+) -> np.dtype:
+    """:func:`read_window` of the unit-step ``box``, written into ``out`` (the box's
+    shape, any dtype: numpy's unsafe cast) instead of returned; returns the values'
+    stored dtype. A byte-range read of HDF5 chunks may leave chunks to ``batch``:
+    ``out`` is then complete after ``batch.flush()``, which works only on bytes already
+    read and checked. The same leases and checks as :func:`read_window`."""
+
+    def into(data: np.ndarray) -> np.dtype:
+        np.copyto(out, data, casting="unsafe")
+        return data.dtype
+
+    def by_bytes(reader: Any) -> np.dtype:
+        return reader.read_box_into(box, out, batch)
+
+    return _leased_read(proxy, library, group, name, identity, box, by_bytes, into)
+
+
+def _leased_read(
+    proxy: HandleProxy,
+    library: str,
+    group: str | None,
+    name: str,
+    identity: FileIdentity,
+    key: tuple[Any, ...],
+    by_bytes: Callable[[Any], Any],
+    deliver: Callable[[np.ndarray], Any],
+) -> Any:
+    """The read of :func:`read_window`: ``by_bytes(reader)`` through the format's
+    byte-range reader, else the library's ``name[key]`` given to ``deliver``."""
     fmt = get_format(library)
     byte_range_reader = getattr(fmt, "byte_range_reader", None)
     lease = proxy.lease(verify=byte_range_reader is None)
@@ -98,10 +144,11 @@ def read_window(
             if opened_on is None or opened_on == identity:
                 reader = byte_range_reader(handle, group, name)
             if reader is not None:
-                read = (lambda: reader(key)) if box is None else (lambda: reader.read_box(box))
-                data = _read(read, proxy.path, name, identity, key, _check_unchanged)
+                result = _read(
+                    lambda: by_bytes(reader), proxy.path, name, identity, key, _check_unchanged
+                )
                 _check_unchanged(proxy.path, identity, name)
-                return data
+                return result
             stale = not lease.opened and not lease.verify()  # a stale handle is retired
         if not stale:
             if opened_on is not None and opened_on != identity:
@@ -111,7 +158,7 @@ def read_window(
                     "dataset again."
                 )
             data = _read(
-                lambda: fmt.read(handle, group, name, key),
+                lambda: np.asarray(fmt.read(handle, group, name, key)),
                 proxy.path,
                 name,
                 identity,
@@ -119,8 +166,9 @@ def read_window(
                 _check_not_modified,
             )
             _check_not_modified(proxy.path, identity, name)
-            return data
-    return read_window(proxy, library, group, name, identity, key, box)  # a new handle
+            return deliver(data)
+    # a new handle
+    return _leased_read(proxy, library, group, name, identity, key, by_bytes, deliver)
 
 
 def _read(
@@ -134,7 +182,7 @@ def _read(
     """``read()`` with errors that name the file and variable; a library error on a
     file that ``check`` finds changed is reported as that change."""
     try:
-        return np.asarray(read())
+        return read()
     except IndexError as err:
         raise IndexError(f"cannot index variable {name!r} of {path!r} with {key!r}: {err}") from err
     except LIBRARY_ERRORS as err:  # a damaged file: say which file and variable
@@ -631,6 +679,16 @@ class StackArray(BackendArray):
         )
         boxes = not picks
 
+        # Each file's part written straight into its slot of the window (or of the
+        # group's buffer), HDF5 chunks unshuffled many at a time: when the key is
+        # unit-step slices, for formats read by byte ranges, numeric values.
+        into = (
+            boxes
+            and self.in_files
+            and self.stored_dtype.kind in "biuf"
+            and hasattr(get_format(self.library), "byte_range_reader")
+        )
+
         def read_part(lo: int, hi: int) -> np.ndarray:
             """The raw values of one file's run of positions, shaped like out's slot."""
             f = file_of[lo]
@@ -647,38 +705,61 @@ class StackArray(BackendArray):
             raw = self._read_raw(f, (*key[:axis], *key[axis + 1 :]), other_box if boxes else None)
             return np.expand_dims(raw, out_axis)  # the file's variable, repeated along the run
 
+        def read_part_into(lo: int, hi: int, slot: np.ndarray, batch: UnshuffleBatch) -> Any:
+            """Write one file's run of positions into ``slot`` (complete after
+            ``batch.flush()``); returns the values' stored dtype, or None (nothing read)
+            if the run is not one unit-step slice of the file."""
+            f = file_of[lo]
+            if hi - lo == 1:
+                p = position_of[lo] - start_of[f]
+                local: Any = slice(p, p + 1)
+            else:
+                local = _local_key(positions[lo:hi] - self.starts[f])
+                if type(local) is not slice or local.step != 1:
+                    return None
+            box = (*other_box[:axis], local, *other_box[axis:])
+            proxy = self.proxies[f]
+            return read_window_into(
+                proxy, self.library, self.group, self.name, self.identities[f], box, slot, batch
+            )
+
         def read_batch(batch: list[tuple[int, int]]) -> None:
             """Read a group of files' parts, then decode them together in place: each
             part is converted into its slot of out as the first decoding step would
             convert it (else gathered raw in a buffer), the other steps run once."""
             first, last = batch[0][0], batch[-1][1]
             target = out[_along(out.ndim, out_axis, first, last)]
-            raw_dtype: np.dtype | None = None
-            buffer = target
             decode = self.decode
-            for lo, hi in reversed(batch) if backwards else batch:
-                raw = read_part(lo, hi)
-                slot: Any = (  # a plain slice when the files' axis leads (cheaper per file)
-                    slice(lo - first, hi - first)
-                    if out_axis == 0
-                    else _along(out.ndim, out_axis, lo - first, hi - first)
-                )
-                if not decode:
-                    target[slot] = raw
-                    continue
-                if raw_dtype is None:
-                    raw_dtype = raw.dtype
-                    if converted_dtype(decode, raw_dtype) != out.dtype:
-                        buffer = np.empty(target.shape, raw_dtype)
-                elif raw.dtype != raw_dtype and not np.can_cast(
-                    raw.dtype, raw_dtype, casting="equiv"
-                ):
-                    raise ValueError(
-                        f"variable {self.name!r} of {self.proxies[file_of[lo]].path!r} "
-                        f"reads as {raw.dtype}, another file of the stack as {raw_dtype}: "
-                        "the files changed since the stack was opened; open it again"
+            raw_dtype: np.dtype | None = self.stored_dtype if into else None
+            buffer = target
+            if into and decode and converted_dtype(decode, self.stored_dtype) != out.dtype:
+                buffer = np.empty(target.shape, self.stored_dtype)
+            with UnshuffleBatch() as unshuffle:
+                for lo, hi in reversed(batch) if backwards else batch:
+                    slot: Any = (  # a plain slice when the files' axis leads (cheaper per file)
+                        slice(lo - first, hi - first)
+                        if out_axis == 0
+                        else _along(out.ndim, out_axis, lo - first, hi - first)
                     )
-                np.copyto(buffer[slot], raw, casting="unsafe")
+                    dtype = read_part_into(lo, hi, buffer[slot], unshuffle) if into else None
+                    if dtype is None:
+                        raw = read_part(lo, hi)
+                        if not decode:
+                            target[slot] = raw
+                            continue
+                        dtype = raw.dtype
+                        if raw_dtype is None:
+                            raw_dtype = dtype
+                            if converted_dtype(decode, raw_dtype) != out.dtype:
+                                buffer = np.empty(target.shape, raw_dtype)
+                        np.copyto(buffer[slot], raw, casting="unsafe")
+                    if dtype != raw_dtype and not np.can_cast(dtype, raw_dtype, casting="equiv"):
+                        raise ValueError(
+                            f"variable {self.name!r} of {self.proxies[file_of[lo]].path!r} "
+                            f"reads as {dtype}, another file of the stack as {raw_dtype}: "
+                            "the files changed since the stack was opened; open it again"
+                        )
+                unshuffle.flush()
             if decode:
                 decode_into(decode, buffer, target)  # in place when buffer is target
 

@@ -97,6 +97,18 @@ class BoxReader(NamedTuple):
         """The values in ``box`` (unit-step slices inside the variable)."""
         return self.index.read_box(self.fd, box)
 
+    def read_box_into(self, box: tuple[slice, ...], out: np.ndarray, batch: Any = None) -> Any:
+        """Write the values in ``box`` into ``out`` (numpy's unsafe cast); returns their
+        stored dtype. An index that can (HDF5 chunks) leaves chunks to ``batch``, an
+        :class:`~xrdist.byterange.UnshuffleBatch`, and ``out`` is complete after its
+        ``flush``; any other index reads the box, then writes it."""
+        into = getattr(self.index, "read_box_into", None)
+        if into is not None:
+            return into(self.fd, box, out, batch)
+        data = self.index.read_box(self.fd, box)
+        np.copyto(out, data, casting="unsafe")
+        return data.dtype
+
 
 @functools.lru_cache(maxsize=1024)
 def box_parts(
