@@ -381,12 +381,12 @@ def test_windows_of_a_stack_with_the_files_axis_second(
         np.testing.assert_array_equal(_bits(got), _bits(want))
 
 
-def test_groups_decoded_in_place_stay_bounded(paths: list[str], monkeypatch) -> None:
+def test_decoded_groups_stay_bounded(paths: list[str], monkeypatch) -> None:
     """Masking makes boolean temporaries the size of a group: a lone reader's window
-    larger than ``DECODE_IN_PLACE_BYTES`` is decoded in groups of at most that size."""
+    larger than ``DECODE_BATCH_BYTES`` is decoded in groups of at most that size."""
     from xrdist import array
 
-    monkeypatch.setattr(array, "DECODE_IN_PLACE_BYTES", 3 * NY * NX * 4)  # 3 dates of float32
+    monkeypatch.setattr(array, "DECODE_BATCH_BYTES", 3 * NY * NX * 4)  # 3 dates of float32
     shapes = _decoded_groups(paths, monkeypatch, read_threads=1)
     assert [shape[0] for shape in shapes] == [3, 3, 3, 3]
 
