@@ -313,6 +313,15 @@ class ChunkIndex:
     sizes: np.ndarray
     masks: np.ndarray
 
+    @functools.cached_property
+    def _stageable(self) -> bool:
+        """Whether chunks stored with every filter (mask 0) can be staged in an
+        :class:`UnshuffleBatch`: deflate then shuffle, multi-byte values, libdeflate."""
+        steps = _decoding_steps(self.pipeline, 0, self.chunks, self.dtype.itemsize)
+        kinds = tuple(fid for fid, _ in steps)
+        multibyte = self.dtype.itemsize > 1
+        return kinds == (DEFLATE, SHUFFLE) and multibyte and _deflate_decode is not None
+
     @property
     def grid(self) -> tuple[int, ...]:
         return tuple(-(-n // c) for n, c in zip(self.shape, self.chunks, strict=True))
@@ -393,16 +402,12 @@ class ChunkIndex:
     ) -> bool:
         """Inflate the chunk at ``where`` into ``batch``, to be unshuffled there into
         ``out``; False (nothing staged) unless it is stored with exactly deflate then
-        shuffle and inflates to its full size. Anything amiss (a short read, a failed
-        inflate) is left to :meth:`_chunk`, which says what."""
-        offset = int(self.offsets[where])
-        if offset < 0 or _deflate_decode is None or self.dtype.itemsize == 1:
+        shuffle, every filter applied, and inflates to its full size. Anything amiss (a
+        short read, a failed inflate) is left to :meth:`_chunk`, which says what."""
+        offset = self.offsets.item(where)
+        if offset < 0 or self.masks.item(where) or not self._stageable:
             return False
-        mask = int(self.masks[where])
-        steps = _decoding_steps(self.pipeline, mask, self.chunks, self.dtype.itemsize)
-        if len(steps) != 2 or steps[0][0] != DEFLATE or steps[1][0] != SHUFFLE:
-            return False
-        size = int(self.sizes[where])
+        size = self.sizes.item(where)
         raw = os.pread(fd, size, offset)
         if len(raw) != size:
             return False
