@@ -248,12 +248,17 @@ def test_repeated_variables_decode_in_groups_of_files(tmp_path: Path) -> None:
     np.testing.assert_array_equal(_bits(got.values), _bits(want.values))
 
 
-def test_a_part_of_another_dtype_names_the_file(paths: list[str], monkeypatch) -> None:
+@pytest.mark.parametrize("name", ["packed_u2", "plain_i4"])
+@pytest.mark.parametrize("step", [1, 2], ids=["into-slots", "gathered"])
+def test_a_part_of_another_dtype_names_the_file(
+    paths: list[str], monkeypatch, name: str, step: int
+) -> None:
     """Files of one stack share each variable's dtype (the scan checks it); a part that
     reads otherwise (a file rewritten in a way its size and time do not show) is an
-    error naming the file, not a silent conversion."""
+    error naming the file, not a silent conversion, whether or not it is decoded, and
+    whether the parts are read straight into the window or gathered (a strided key)."""
     ds = xrdist.open_mfdataset(paths, concat_dim="time", combine="nested", chunks=None)
-    stack = ds["packed_u2"].variable._data.array
+    stack = ds[name].variable._data.array
     read_raw = StackArray._read_raw
 
     def read_raw_changed(self, f, key, box=None):
@@ -269,7 +274,7 @@ def test_a_part_of_another_dtype_names_the_file(paths: list[str], monkeypatch) -
     monkeypatch.setattr(StackArray, "_read_raw", read_raw_changed)
     monkeypatch.setattr(xrdist.array, "read_window_into", read_into_changed)
     with xrdist.set_options(read_threads=1), pytest.raises(ValueError, match=r"d1\.nc"):
-        stack[indexing.BasicIndexer((slice(None), slice(None), slice(None)))]
+        stack[indexing.BasicIndexer((slice(None), slice(None, None, step), slice(None)))]
 
 
 @pytest.mark.parametrize(("read_threads", "groups"), [(1, 1), (2, 6)])

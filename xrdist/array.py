@@ -15,7 +15,8 @@ consecutive files (:func:`decode_batches`, about :data:`DECODE_BATCH_BYTES` of o
 straight into their slots of the output window (HDF5 chunks unshuffled many at a time,
 :class:`~xrdist.byterange.UnshuffleBatch`), then decodes the group at once, in place
 when the decoding allows (else in a buffer of the group's size, so memory in flight is
-bounded by :func:`reader_threads` such buffers). Picklable: they hold
+bounded by :func:`reader_threads` such buffers, and each reading thread keeps about
+1 MiB of staging bytes between reads). Picklable: they hold
 :class:`~xrdist.proxy.HandleProxy` objects and the variable's name, shape and dtype,
 never a handle or data; unpickled in another process they read through that process's
 cache.
@@ -112,14 +113,14 @@ def read_window_into(
     ``out`` is then complete after ``batch.flush()``, which works only on bytes already
     read and checked. The same leases and checks as :func:`read_window`."""
 
-    def into(data: np.ndarray) -> np.dtype:
+    def write(data: np.ndarray) -> np.dtype:
         np.copyto(out, data, casting="unsafe")
         return data.dtype
 
     def by_bytes(reader: Any) -> np.dtype:
         return reader.read_box_into(box, out, batch)
 
-    return _leased_read(proxy, library, group, name, identity, box, by_bytes, into)
+    return _leased_read(proxy, library, group, name, identity, box, by_bytes, write)
 
 
 def _leased_read(
@@ -179,7 +180,7 @@ def _read(
     identity: FileIdentity,
     key: tuple[Any, ...],
     check: Callable[[str, FileIdentity, str], None],
-) -> np.ndarray:
+) -> Any:
     """``read()`` with errors that name the file and variable; a library error on a
     file that ``check`` finds changed is reported as that change."""
     try:
@@ -657,10 +658,10 @@ class StackArray(BackendArray):
         position_bytes = out.nbytes // max(1, len(positions))
         backwards = bool(next(_direction) % 2)
 
-        def batches(readers: int) -> list[list[tuple[int, int]]]:
-            least = 1 if readers == 1 else 4 * readers  # a lone reader: fewest decode calls
-            groups = decode_batches(bounds, position_bytes, DECODE_BATCH_BYTES, least)
-            return groups[::-1] if backwards else groups
+        def groups(readers: int) -> list[list[tuple[int, int]]]:
+            least = 1 if readers == 1 else 4 * readers  # a lone reader: by size only
+            found = decode_batches(bounds, position_bytes, DECODE_BATCH_BYTES, least)
+            return found[::-1] if backwards else found
 
         file_of = files.tolist()  # Python ints: no numpy scalars per file read below
         start_of = self.starts.tolist()
@@ -675,88 +676,94 @@ class StackArray(BackendArray):
         # Each file's part written straight into its slot of the window (or of the
         # group's buffer), HDF5 chunks unshuffled many at a time: when the key is
         # unit-step slices, for formats read by byte ranges, numeric values.
-        into = (
+        # Each file's part written straight into its slot of the window (or of the
+        # group's buffer), HDF5 chunks unshuffled many at a time: when the key is
+        # unit-step slices, for formats read by byte ranges, numeric values.
+        into_slots = (
             boxes
             and self.in_files
             and self.stored_dtype.kind in "biuf"
             and hasattr(get_format(self.library), "byte_range_reader")
         )
 
+        def local_run(lo: int, hi: int) -> tuple[int, slice | np.ndarray]:
+            """The file of a run of positions, and the run in that file's indices."""
+            f = file_of[lo]
+            if hi - lo == 1:  # one position (one date per file): its slice
+                p = position_of[lo] - start_of[f]
+                return f, slice(p, p + 1)
+            return f, _local_key(positions[lo:hi] - self.starts[f])
+
+        def file_box(local: slice | np.ndarray) -> tuple[slice, ...] | None:
+            """The box a file's run ``local`` reads, when it is a unit-step slice (and the
+            key of the other axes is too), else None."""
+            if boxes and type(local) is slice and local.step in (None, 1):
+                return (*other_box[:axis], local, *other_box[axis:])
+            return None
+
         def read_part(lo: int, hi: int) -> np.ndarray:
             """The raw values of one file's run of positions, shaped like out's slot."""
-            f = file_of[lo]
             if self.in_files:
-                box = None
-                if hi - lo == 1:  # one position (one date per file): its slice
-                    p = position_of[lo] - start_of[f]
-                    local: slice | np.ndarray = slice(p, p + 1)
-                    if boxes:
-                        box = (*other_box[:axis], local, *other_box[axis:])
-                else:
-                    local = _local_key(positions[lo:hi] - self.starts[f])
-                return self._read_raw(f, (*key[:axis], local, *key[axis + 1 :]), box)
+                f, local = local_run(lo, hi)
+                return self._read_raw(f, (*key[:axis], local, *key[axis + 1 :]), file_box(local))
+            f = file_of[lo]
             raw = self._read_raw(f, (*key[:axis], *key[axis + 1 :]), other_box if boxes else None)
             return np.expand_dims(raw, out_axis)  # the file's variable, repeated along the run
 
-        def read_part_into(lo: int, hi: int, slot: np.ndarray, batch: UnshuffleBatch) -> Any:
+        def read_part_into(lo: int, hi: int, slot: np.ndarray, unshuffle: UnshuffleBatch) -> Any:
             """Write one file's run of positions into ``slot`` (complete after
-            ``batch.flush()``); returns the values' stored dtype, or None (nothing read)
-            if the run is not one unit-step slice of the file."""
-            f = file_of[lo]
-            if hi - lo == 1:
-                p = position_of[lo] - start_of[f]
-                local: Any = slice(p, p + 1)
-            else:
-                local = _local_key(positions[lo:hi] - self.starts[f])
-                if type(local) is not slice or local.step != 1:
-                    return None
-            box = (*other_box[:axis], local, *other_box[axis:])
-            proxy = self.proxies[f]
+            ``unshuffle.flush()``); returns the values' stored dtype, or None (nothing
+            read) if the run is not one unit-step slice of the file."""
+            f, local = local_run(lo, hi)
+            box = file_box(local)
+            if box is None:
+                return None
+            proxy, identity = self.proxies[f], self.identities[f]
             return read_window_into(
-                proxy, self.library, self.group, self.name, self.identities[f], box, slot, batch
+                proxy, self.library, self.group, self.name, identity, box, slot, unshuffle
             )
 
-        def read_batch(batch: list[tuple[int, int]]) -> None:
+        def read_group(group: list[tuple[int, int]]) -> None:
             """Read a group of files' parts, then decode them together in place: each
-            part is converted into its slot of out as the first decoding step would
-            convert it (else gathered raw in a buffer), the other steps run once."""
-            first, last = batch[0][0], batch[-1][1]
+            part is written into its slot of out converted as the first decoding step
+            would convert it (else gathered raw in a buffer), its chunks unshuffled with
+            the group's others (complete at ``flush``), then the other steps run once."""
+            first, last = group[0][0], group[-1][1]
             target = out[_along(out.ndim, out_axis, first, last)]
             decode = self.decode
-            raw_dtype: np.dtype | None = self.stored_dtype if into else None
+            raw_dtype: np.dtype | None = self.stored_dtype if into_slots else None
             buffer = target
-            if into and decode and converted_dtype(decode, self.stored_dtype) != out.dtype:
-                buffer = np.empty(target.shape, self.stored_dtype)
+            if into_slots and decode and converted_dtype(decode, raw_dtype) != out.dtype:
+                buffer = np.empty(target.shape, raw_dtype)
             with UnshuffleBatch() as unshuffle:
-                for lo, hi in reversed(batch) if backwards else batch:
+                for lo, hi in reversed(group) if backwards else group:
                     slot: Any = (  # a plain slice when the files' axis leads (cheaper per file)
                         slice(lo - first, hi - first)
                         if out_axis == 0
                         else _along(out.ndim, out_axis, lo - first, hi - first)
                     )
-                    dtype = read_part_into(lo, hi, buffer[slot], unshuffle) if into else None
+                    raw = None
+                    dtype = read_part_into(lo, hi, buffer[slot], unshuffle) if into_slots else None
                     if dtype is None:
                         raw = read_part(lo, hi)
-                        if not decode:
-                            target[slot] = raw
-                            continue
                         dtype = raw.dtype
                         if raw_dtype is None:
                             raw_dtype = dtype
-                            if converted_dtype(decode, raw_dtype) != out.dtype:
-                                buffer = np.empty(target.shape, raw_dtype)
-                        np.copyto(buffer[slot], raw, casting="unsafe")
+                            if decode and converted_dtype(decode, dtype) != out.dtype:
+                                buffer = np.empty(target.shape, dtype)
                     if dtype != raw_dtype and not np.can_cast(dtype, raw_dtype, casting="equiv"):
                         raise ValueError(
                             f"variable {self.name!r} of {self.proxies[file_of[lo]].path!r} "
                             f"reads as {dtype}, another file of the stack as {raw_dtype}: "
                             "the files changed since the stack was opened; open it again"
                         )
+                    if raw is not None:
+                        np.copyto(buffer[slot], raw, casting="unsafe")
                 unshuffle.flush()
             if decode:
                 decode_into(decode, buffer, target)  # in place when buffer is target
 
-        run_in_readers(read_batch, batches)  # each batch writes its own slice of out
+        run_in_readers(read_group, groups)  # each group writes its own slice of out
         return out.squeeze(axis=out_axis) if dropped else out
 
     def _read_raw(

@@ -157,10 +157,19 @@ def _unshuffle_planes(planes: np.ndarray) -> np.ndarray:
 
 
 #: About the most bytes of shuffled chunks an :class:`UnshuffleBatch` holds before it
-#: unshuffles them: enough chunks to share each numpy call, few enough to stay in a
-#: core's cache until they are written out (4 or 8 chunks of 256 x 256 2-byte values
-#: were fastest, 120 of them much slower).
+#: unshuffles them (a larger chunk is staged alone): enough chunks to share each numpy
+#: call, few enough to stay in a core's cache until they are written out (4 or 8
+#: chunks of 256 x 256 2-byte values were fastest, 120 of them much slower). Unshuffling
+#: makes an array of the same size.
 UNSHUFFLE_BATCH_BYTES = 2**20
+
+
+#: The largest staging bytes a thread keeps between batches (chunks larger than this
+#: are staged in bytes of their own, one chunk at a time).
+_KEPT_STAGING_BYTES = 4 * UNSHUFFLE_BATCH_BYTES
+
+# Each thread's spare staging bytes, between its batches (for the thread's lifetime).
+_spare_staging = threading.local()
 
 
 class UnshuffleBatch:
@@ -186,8 +195,8 @@ class UnshuffleBatch:
     picklable.
     """
 
-    def __init__(self, limit: int = UNSHUFFLE_BATCH_BYTES) -> None:
-        self._limit = limit
+    def __init__(self, limit: int | None = None) -> None:
+        self._limit = UNSHUFFLE_BATCH_BYTES if limit is None else limit
         self._bytes: np.ndarray | None = None  # borrowed staging bytes
         self._staged: np.ndarray | None = None  # a view of them: one chunk per row
         self._layout: tuple[np.dtype, tuple[int, ...]] | None = None
@@ -247,13 +256,6 @@ class UnshuffleBatch:
         if self._bytes is not None and self._bytes.size <= _KEPT_STAGING_BYTES:
             _spare_staging.bytes = self._bytes
         self._bytes = None
-
-
-#: The largest staging bytes a thread keeps between batches (chunks larger than this
-#: are staged in bytes of their own, one chunk at a time).
-_KEPT_STAGING_BYTES = 4 * UNSHUFFLE_BATCH_BYTES
-
-_spare_staging = threading.local()
 
 
 def _borrow_staging(nbytes: int) -> np.ndarray:
@@ -368,8 +370,7 @@ class ChunkIndex:
             chunk = self._chunk(fd, where)[within]
             return chunk if chunk.flags.writeable else chunk.copy()
         out = np.empty([b - a for a, b in bounds], dtype=self.dtype)
-        for where, within, dst in parts:
-            out[dst] = self._chunk(fd, where)[within]
+        self.read_box_into(fd, box, out)
         return out
 
     def read_box_into(
@@ -402,8 +403,9 @@ class ChunkIndex:
     ) -> bool:
         """Inflate the chunk at ``where`` into ``batch``, to be unshuffled there into
         ``out``; False (nothing staged) unless it is stored with exactly deflate then
-        shuffle, every filter applied, and inflates to its full size. Anything amiss (a
-        short read, a failed inflate) is left to :meth:`_chunk`, which says what."""
+        shuffle, every filter applied, has values of more than one byte, and inflates
+        with libdeflate to its full size. Anything amiss (a short read, a failed
+        inflate) is left to :meth:`_chunk`, which says what."""
         offset = self.offsets.item(where)
         if offset < 0 or self.masks.item(where) or not self._stageable:
             return False
@@ -418,6 +420,8 @@ class ChunkIndex:
             return False
         if len(inflated) != row.size:
             return False
+        if inflated is not row:  # imagecodecs writes into row and returns it; if not, copy
+            row[:] = np.frombuffer(inflated, np.uint8)
         batch.place(out, within)
         return True
 

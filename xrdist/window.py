@@ -10,9 +10,12 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from xrdist.byterange import UnshuffleBatch
 
 
 def bounding_box(
@@ -97,14 +100,16 @@ class BoxReader(NamedTuple):
         """The values in ``box`` (unit-step slices inside the variable)."""
         return self.index.read_box(self.fd, box)
 
-    def read_box_into(self, box: tuple[slice, ...], out: np.ndarray, batch: Any = None) -> Any:
+    def read_box_into(
+        self, box: tuple[slice, ...], out: np.ndarray, batch: UnshuffleBatch | None = None
+    ) -> np.dtype:
         """Write the values in ``box`` into ``out`` (numpy's unsafe cast); returns their
         stored dtype. An index that can (HDF5 chunks) leaves chunks to ``batch``, an
         :class:`~xrdist.byterange.UnshuffleBatch`, and ``out`` is complete after its
         ``flush``; any other index reads the box, then writes it."""
-        into = getattr(self.index, "read_box_into", None)
-        if into is not None:
-            return into(self.fd, box, out, batch)
+        read_into = getattr(self.index, "read_box_into", None)
+        if read_into is not None:
+            return read_into(self.fd, box, out, batch)
         data = self.index.read_box(self.fd, box)
         np.copyto(out, data, casting="unsafe")
         return data.dtype
