@@ -676,9 +676,6 @@ class StackArray(BackendArray):
         # Each file's part written straight into its slot of the window (or of the
         # group's buffer), HDF5 chunks unshuffled many at a time: when the key is
         # unit-step slices, for formats read by byte ranges, numeric values.
-        # Each file's part written straight into its slot of the window (or of the
-        # group's buffer), HDF5 chunks unshuffled many at a time: when the key is
-        # unit-step slices, for formats read by byte ranges, numeric values.
         into_slots = (
             boxes
             and self.in_files
