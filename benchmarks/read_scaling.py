@@ -118,7 +118,8 @@ def bare_reads(paths: list[str], chunk: int, reduction: str, decoded: bool) -> A
     import numpy as np
 
     from xrdist.array import DECODE_BATCH_BYTES
-    from xrdist.byterange import UnshuffleBatch, build_chunk_index
+    from xrdist.byterange import build_chunk_index
+    from xrdist.shuffle import UnshuffleBatch
 
     indexes, fds = [], []
     for path in paths:
@@ -172,8 +173,9 @@ def steps_alone(paths: list[str], repeat: int) -> None:
     import numpy as np
 
     import xrdist
-    from xrdist.byterange import UNSHUFFLE_BATCH_BYTES, _inflate, _unshuffle, _unshuffle_planes
+    from xrdist.byterange import _inflate
     from xrdist.decoding import decode_into
+    from xrdist.shuffle import UNSHUFFLE_BATCH_BYTES, unshuffle, unshuffle_planes
 
     raws, shape = [], None
     for path in paths:
@@ -196,9 +198,9 @@ def steps_alone(paths: list[str], repeat: int) -> None:
 
     plain = [_inflate(raw, size) for raw in raws]
 
-    def unshuffle(_: int) -> None:
+    def unshuffled(_: int) -> None:
         for data in plain:
-            _unshuffle(data, dtype.itemsize)
+            unshuffle(data, dtype.itemsize)
 
     batched = max(1, UNSHUFFLE_BATCH_BYTES // size)  # chunks an UnshuffleBatch unshuffles at once
     planes = [
@@ -210,9 +212,9 @@ def steps_alone(paths: list[str], repeat: int) -> None:
 
     def unshuffle_batched(_: int) -> None:
         for p in planes:
-            _unshuffle_planes(p)
+            unshuffle_planes(p)
 
-    values = [np.frombuffer(_unshuffle(d, dtype.itemsize), dtype).reshape(shape) for d in plain]
+    values = [np.frombuffer(unshuffle(d, dtype.itemsize), dtype).reshape(shape) for d in plain]
 
     def decoded(worker: int) -> None:
         for v in values:
@@ -231,7 +233,7 @@ def steps_alone(paths: list[str], repeat: int) -> None:
     with ThreadPoolExecutor(2) as pool:
         steps = (
             ("inflate", inflate),
-            ("unshuffle, chunk by chunk", unshuffle),
+            ("unshuffle, chunk by chunk", unshuffled),
             (f"unshuffle, {batched} chunks at once", unshuffle_batched),
             ("decode, chunk by chunk", decoded),
             (f"decode, {group} chunks at once", decoded_grouped),

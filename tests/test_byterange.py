@@ -11,15 +11,10 @@ import pytest
 import xarray as xr
 
 import xrdist
-from xrdist import byterange
-from xrdist.byterange import (
-    CorruptChunkError,
-    UnshuffleBatch,
-    _fletcher32,
-    _unshuffle,
-    build_chunk_index,
-)
+from xrdist import shuffle
+from xrdist.byterange import CorruptChunkError, _fletcher32, build_chunk_index
 from xrdist.formats.h5pylib import chunk_index, read_path
+from xrdist.shuffle import UnshuffleBatch, unshuffle
 
 SHAPE, CHUNKS = (37, 23), (8, 7)  # edge chunks on both axes
 
@@ -129,7 +124,7 @@ def test_unshuffle_puts_byte_b_of_element_i_from_plane_b(itemsize, leftover):
     n = shuffled.size // itemsize  # whole elements
     expected = [shuffled[b * n + i] for i in range(n) for b in range(itemsize)]
     expected += list(shuffled[n * itemsize :])  # bytes past the last element: as they are
-    assert _unshuffle(shuffled.tobytes(), itemsize).tolist() == expected
+    assert unshuffle(shuffled.tobytes(), itemsize).tolist() == expected
 
 
 BOXES = [(slice(0, 37), slice(0, 23)), (slice(3, 29), slice(2, 21)), (slice(8, 16), slice(7, 14))]
@@ -174,13 +169,13 @@ def test_a_stack_window_is_unshuffled_in_one_pass(tmp_path, monkeypatch):
         )
         paths.append(str(path))
     passes = []
-    unshuffle_planes = byterange._unshuffle_planes
+    unshuffle_planes = shuffle.unshuffle_planes
 
     def counted(planes):
         passes.append(planes.shape[0])
         return unshuffle_planes(planes)
 
-    monkeypatch.setattr(byterange, "_unshuffle_planes", counted)
+    monkeypatch.setattr(shuffle, "unshuffle_planes", counted)
     with xrdist.set_options(read_threads=1):
         stack = xrdist.open_mfdataset(paths, chunks={"time": -1, "y": 128, "x": 128}).v
         stack.values  # noqa: B018  (a file's first read goes through h5py: it indexes the chunks)

@@ -13,7 +13,7 @@ read hands the files of its window to the process's reader threads (option
 ``read_threads``), so one window decodes on every core; each thread reads a group of
 consecutive files (:func:`decode_batches`, about :data:`DECODE_BATCH_BYTES` of output)
 straight into their slots of the output window (HDF5 chunks unshuffled many at a time,
-:class:`~xrdist.byterange.UnshuffleBatch`), then decodes the group at once, in place
+:class:`~xrdist.shuffle.UnshuffleBatch`), then decodes the group at once, in place
 when the decoding allows (else in a buffer of the group's size, so memory in flight is
 bounded by :func:`reader_threads` such buffers, and each reading thread keeps about
 1 MiB of staging bytes between reads). Picklable: they hold
@@ -37,12 +37,12 @@ from dask.system import CPU_COUNT
 from xarray.backends import BackendArray
 from xarray.core import indexing
 
-from xrdist.byterange import UnshuffleBatch
 from xrdist.decoding import converted_dtype, decode_into
 from xrdist.formats import get_format
 from xrdist.identity import FileIdentity
 from xrdist.options import get_option
 from xrdist.proxy import HandleProxy
+from xrdist.shuffle import UnshuffleBatch
 from xrdist.window import bounding_box
 
 

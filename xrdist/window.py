@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 if TYPE_CHECKING:
-    from xrdist.byterange import UnshuffleBatch
+    from xrdist.shuffle import UnshuffleBatch
 
 
 def bounding_box(
@@ -105,7 +105,7 @@ class BoxReader(NamedTuple):
     ) -> np.dtype:
         """Write the values in ``box`` into ``out`` (numpy's unsafe cast); returns their
         stored dtype. An index that can (HDF5 chunks) leaves chunks to ``batch``, an
-        :class:`~xrdist.byterange.UnshuffleBatch`, and ``out`` is complete after its
+        :class:`~xrdist.shuffle.UnshuffleBatch`, and ``out`` is complete after its
         ``flush``; any other index reads the box, then writes it."""
         read_into = getattr(self.index, "read_box_into", None)
         if read_into is not None:
