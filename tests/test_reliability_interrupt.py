@@ -106,8 +106,17 @@ def computed_in_time(paths: list[str], pool: Any, seconds: float = 120.0) -> np.
     return out[0]
 
 
+@pytest.fixture
+def sigint_raises() -> Any:
+    """Python's own SIGINT handler for the test: a shell starts a background job with
+    SIGINT ignored, and Python then keeps it ignored (every interrupt would be lost)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def test_interrupts_mid_compute_leak_nothing_and_the_next_compute_is_right(
-    tmp_path: Path, soak_seconds: float, figures: Any
+    tmp_path: Path, soak_seconds: float, figures: Any, sigint_raises: None
 ) -> None:
     """SIGINT at random moments of open, compute and single-file reads, round after
     round: a KeyboardInterrupt each time, no lease, descriptor or thread left behind,
