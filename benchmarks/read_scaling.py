@@ -1,5 +1,9 @@
 """Reading a compressed stack with 1 and 2 reader threads: byte ranges against h5py.
 
+Three paths: byte ranges with chunks read by the compiled loop (option
+``compiled_reads``, when numba is installed), byte ranges decoded chunk by chunk in
+Python calls (``compiled_reads=False``), and h5py (``byte_range_reads=False``).
+
 Usage: ``.venv/bin/python benchmarks/read_scaling.py STACK_FOLDER [--repeat 3]``
 (for example a ``tiles`` stack that ``xrdist bench`` writes under its ``--workdir``).
 
@@ -43,6 +47,7 @@ def main() -> int:
     import dask
 
     import xrdist
+    from xrdist.groupread import compiled_reads_unavailable
 
     paths = sorted(glob.glob(f"{args.folder}/*.nc"))
     print(
@@ -50,8 +55,10 @@ def main() -> int:
         f"reduction: {args.reduction}\n"
     )
 
-    def whole_read(byte_range: bool, n: int) -> tuple[float, float]:
-        options = xrdist.set_options(byte_range_reads=byte_range, read_threads=n)
+    def whole_read(byte_range: bool, compiled: bool, n: int) -> tuple[float, float]:
+        options = xrdist.set_options(
+            byte_range_reads=byte_range, compiled_reads=compiled, read_threads=n
+        )
         with options, dask.config.set(scheduler="threads", num_workers=n):
             ds = xrdist.open_mfdataset(
                 paths,
@@ -60,11 +67,16 @@ def main() -> int:
             )
             return timed(lambda: float(getattr(ds.refl, args.reduction)()))
 
+    unavailable = compiled_reads_unavailable()
+    if unavailable:
+        print(f"Compiled reads are unavailable ({unavailable}): that row is left out.\n")
     print(TABLE_HEAD)
-    for byte_range in (True, False):
-        whole_read(byte_range, 1)  # warm: handles, indexes, page cache
-        path = "byte-range" if byte_range else "h5py"
-        print_paired(path, lambda n, b=byte_range: whole_read(b, n), args.repeat)
+    paths_read = [("byte-range, compiled", True, True)] if not unavailable else []
+    paths_read += [("byte-range, in Python", True, False), ("h5py", False, False)]
+    for path, byte_range, compiled in paths_read:
+        whole_read(byte_range, compiled, 1)  # warm: handles, indexes, page cache
+        read = lambda n, b=byte_range, c=compiled: whole_read(b, c, n)  # noqa: E731
+        print_paired(path, read, args.repeat)
     bare = bare_reads(paths, args.chunk, args.reduction, not args.raw)
     bare(1)
     print_paired("chunk index alone: no leases, checks or dask", bare, args.repeat)

@@ -110,6 +110,26 @@ def test_bound_is_exceeded_only_by_leased_handles(make_h5, no_leaks):
     manager.clear()
 
 
+def test_a_handed_over_lease_holds_the_handle_until_it_ends(make_h5, no_leaks):
+    """``hand_over`` inside a lease's block: the block ends without returning the
+    handle, which stays open (and is not evicted) until the new lease ends, even in
+    another thread; outside a block it is refused."""
+    paths = make_h5(2)
+    manager = HandleManager(maxsize=1)
+    lease = manager.lease(spec_for(paths[0]))
+    with lease as handle:
+        held = lease.hand_over()
+    with manager.lease(spec_for(paths[1])):
+        assert handle.id.valid and manager.info().leased_now == 2
+    ender = threading.Thread(target=held.__exit__, args=(None, None, None))
+    ender.start()
+    ender.join()
+    assert manager.info().leased_now == 0
+    with pytest.raises(RuntimeError, match="inside the with block"):
+        lease.hand_over()
+    manager.clear()
+
+
 def test_close_while_leased_is_deferred(make_h5, no_leaks):
     """close() of a leased handle closes it when the lease ends, not before."""
     (path,) = make_h5(1)

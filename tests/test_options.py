@@ -41,8 +41,8 @@ def test_set_options_as_a_call_sticks():
         ({"warn_for_unclosed_files": "yes"}, "True or False"),
         (
             {"no_such_option": 1},
-            "not an xrdist option; valid options: byte_range_reads, decode_in_readers, "
-            "description_cache_dir, file_cache_maxsize",
+            "not an xrdist option; valid options: byte_range_reads, compiled_reads, "
+            "decode_in_readers, description_cache_dir, file_cache_maxsize",
         ),
     ],
 )

@@ -39,6 +39,7 @@ from xarray.core import indexing
 
 from xrdist.decoding import converted_dtype, decode_into
 from xrdist.formats import get_format
+from xrdist.groupread import ChunkGroup, use_compiled_reads
 from xrdist.identity import FileIdentity
 from xrdist.options import get_option
 from xrdist.proxy import HandleProxy
@@ -105,13 +106,16 @@ def read_window_into(
     identity: FileIdentity,
     box: tuple[slice, ...],
     out: np.ndarray,
-    batch: UnshuffleBatch | None = None,
+    batch: UnshuffleBatch | ChunkGroup | None = None,
 ) -> np.dtype:
     """:func:`read_window` of the unit-step ``box``, written into ``out`` (the box's
     shape, any dtype: numpy's unsafe cast) instead of returned; returns the values'
     stored dtype. A byte-range read of HDF5 chunks may leave chunks to ``batch``:
-    ``out`` is then complete after ``batch.flush()``, which works only on bytes already
-    read and checked. The same leases and checks as :func:`read_window`."""
+    ``out`` is then complete after ``batch.flush()``. An :class:`UnshuffleBatch` works
+    only on bytes already read and checked. A :class:`~xrdist.groupread.ChunkGroup`
+    reads them later: it is handed the lease, which keeps the file open until then, and
+    the check of the file, which it makes after reading them. The same leases and
+    checks as :func:`read_window`."""
 
     def write(data: np.ndarray) -> np.dtype:
         np.copyto(out, data, casting="unsafe")
@@ -120,7 +124,8 @@ def read_window_into(
     def by_bytes(reader: Any) -> np.dtype:
         return reader.read_box_into(box, out, batch)
 
-    return _leased_read(proxy, library, group, name, identity, box, by_bytes, write)
+    later = batch if type(batch) is ChunkGroup else None
+    return _leased_read(proxy, library, group, name, identity, box, by_bytes, write, later)
 
 
 def _leased_read(
@@ -132,9 +137,11 @@ def _leased_read(
     key: tuple[Any, ...],
     by_bytes: Callable[[Any], Any],
     deliver: Callable[[np.ndarray], Any],
+    later: ChunkGroup | None = None,
 ) -> Any:
     """The read of :func:`read_window`: ``by_bytes(reader)`` through the format's
-    byte-range reader, else the library's ``name[key]`` given to ``deliver``."""
+    byte-range reader, else the library's ``name[key]`` given to ``deliver``. Chunks
+    that ``by_bytes`` left to be read ``later`` get the lease and the check after."""
     fmt = get_format(library)
     byte_range_reader = getattr(fmt, "byte_range_reader", None)
     lease = proxy.lease(verify=byte_range_reader is None)
@@ -149,7 +156,12 @@ def _leased_read(
                 result = _read(
                     lambda: by_bytes(reader), proxy.path, name, identity, key, _check_unchanged
                 )
-                _check_unchanged(proxy.path, identity, name)
+                if later is not None and later.unheld():
+                    later.hold(
+                        lease.hand_over(), lambda: _check_unchanged(proxy.path, identity, name)
+                    )
+                else:
+                    _check_unchanged(proxy.path, identity, name)
                 return result
             stale = not lease.opened and not lease.verify()  # a stale handle is retired
         if not stale:
@@ -683,6 +695,11 @@ class StackArray(BackendArray):
             and hasattr(get_format(self.library), "byte_range_reader")
         )
 
+        # HDF5 chunks read by a compiled loop, a group of files at a time, each file's
+        # handle held open until then: at most a reader thread's share of the cache.
+        grouped = into_slots and use_compiled_reads()
+        most_files = max(1, get_option("file_cache_maxsize") // reader_threads())
+
         def local_run(lo: int, hi: int) -> tuple[int, slice | np.ndarray]:
             """The file of a run of positions, and the run in that file's indices."""
             f = file_of[lo]
@@ -707,9 +724,11 @@ class StackArray(BackendArray):
             raw = self._read_raw(f, (*key[:axis], *key[axis + 1 :]), other_box if boxes else None)
             return np.expand_dims(raw, out_axis)  # the file's variable, repeated along the run
 
-        def read_part_into(lo: int, hi: int, slot: np.ndarray, unshuffle: UnshuffleBatch) -> Any:
+        def read_part_into(
+            lo: int, hi: int, slot: np.ndarray, batch: UnshuffleBatch | ChunkGroup
+        ) -> Any:
             """Write one file's run of positions into ``slot`` (complete after
-            ``unshuffle.flush()``); returns the values' stored dtype, or None (nothing
+            ``batch.flush()``); returns the values' stored dtype, or None (nothing
             read) if the run is not one unit-step slice of the file."""
             f, local = local_run(lo, hi)
             box = file_box(local)
@@ -717,14 +736,15 @@ class StackArray(BackendArray):
                 return None
             proxy, identity = self.proxies[f], self.identities[f]
             return read_window_into(
-                proxy, self.library, self.group, self.name, identity, box, slot, unshuffle
+                proxy, self.library, self.group, self.name, identity, box, slot, batch
             )
 
         def read_group(group: list[tuple[int, int]]) -> None:
             """Read a group of files' parts, then decode them together in place: each
             part is written into its slot of out converted as the first decoding step
-            would convert it (else gathered raw in a buffer), its chunks unshuffled with
-            the group's others (complete at ``flush``), then the other steps run once."""
+            would convert it (else gathered raw in a buffer), its chunks read in one
+            compiled call or unshuffled with the group's others (complete at
+            ``flush``), then the other steps run once."""
             first, last = group[0][0], group[-1][1]
             target = out[_along(out.ndim, out_axis, first, last)]
             decode = self.decode
@@ -732,7 +752,7 @@ class StackArray(BackendArray):
             buffer = target
             if into_slots and decode and converted_dtype(decode, raw_dtype) != out.dtype:
                 buffer = np.empty(target.shape, raw_dtype)
-            with UnshuffleBatch() as unshuffle:
+            with ChunkGroup(most_files) if grouped else UnshuffleBatch() as batch:
                 for lo, hi in reversed(group) if backwards else group:
                     slot: Any = (  # a plain slice when the files' axis leads (cheaper per file)
                         slice(lo - first, hi - first)
@@ -740,7 +760,7 @@ class StackArray(BackendArray):
                         else _along(out.ndim, out_axis, lo - first, hi - first)
                     )
                     raw = None
-                    dtype = read_part_into(lo, hi, buffer[slot], unshuffle) if into_slots else None
+                    dtype = read_part_into(lo, hi, buffer[slot], batch) if into_slots else None
                     if dtype is None:
                         raw = read_part(lo, hi)
                         dtype = raw.dtype
@@ -756,7 +776,7 @@ class StackArray(BackendArray):
                         )
                     if raw is not None:
                         np.copyto(buffer[slot], raw, casting="unsafe")
-                unshuffle.flush()
+                batch.flush()
             if decode:
                 decode_into(decode, buffer, target)  # in place when buffer is target
 

@@ -34,6 +34,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from xrdist.groupread import ChunkGroup, Layout
 from xrdist.shuffle import UnshuffleBatch, unshuffle
 from xrdist.window import box_parts
 
@@ -163,6 +164,18 @@ class ChunkIndex:
         multibyte = self.dtype.itemsize > 1
         return kinds == (DEFLATE, SHUFFLE) and multibyte and _deflate_decode is not None
 
+    @functools.cached_property
+    def _group_layout(self) -> Layout | None:
+        """How chunks stored with every filter (mask 0) are read by a
+        :class:`~xrdist.groupread.ChunkGroup`: deflated, shuffled first or not; None
+        for any other pipeline."""
+        steps = _decoding_steps(self.pipeline, 0, self.chunks, self.dtype.itemsize)
+        kinds = tuple(fid for fid, _ in steps)
+        if kinds not in ((DEFLATE,), (DEFLATE, SHUFFLE)):
+            return None
+        shuffled = kinds == (DEFLATE, SHUFFLE) and self.dtype.itemsize > 1
+        return Layout(self.dtype, self.chunks, shuffled)
+
     @property
     def grid(self) -> tuple[int, ...]:
         return tuple(-(-n // c) for n, c in zip(self.shape, self.chunks, strict=True))
@@ -217,14 +230,16 @@ class ChunkIndex:
         fd: int,
         box: tuple[slice, ...],
         out: np.ndarray,
-        batch: UnshuffleBatch | None = None,
+        batch: UnshuffleBatch | ChunkGroup | None = None,
     ) -> np.dtype:
         """Write the values in ``box`` (unit-step slices) into ``out`` (the box's shape,
         any dtype: numpy's unsafe cast); returns the values' stored dtype.
 
-        With a ``batch``, chunks stored with deflate then shuffle are inflated into it
-        and written into ``out`` only when it unshuffles them: ``out`` is complete
-        after ``batch.flush()``. Any other chunk is written at once."""
+        With a ``batch``, chunks stored with deflate then shuffle (an
+        :class:`UnshuffleBatch`), or with deflate and maybe shuffle (a
+        :class:`~xrdist.groupread.ChunkGroup`, which reads them later through ``fd``),
+        are left to it and written into ``out`` when it decodes them: ``out`` is
+        complete after ``batch.flush()``. Any other chunk is written at once."""
         bounds = tuple((s.start, s.stop) for s in box)
         if all(a < b for a, b in bounds):
             for where, within, dst in box_parts(bounds, self.chunks):
@@ -236,19 +251,31 @@ class ChunkIndex:
         self,
         fd: int,
         where: tuple[int, ...],
-        batch: UnshuffleBatch,
+        batch: UnshuffleBatch | ChunkGroup,
         out: np.ndarray,
         within: tuple[slice, ...],
     ) -> bool:
-        """Inflate the chunk at ``where`` into ``batch``, to be unshuffled there into
-        ``out``; False (nothing staged) unless it is stored with exactly deflate then
-        shuffle, every filter applied, has values of more than one byte, and inflates
-        with libdeflate to its full size. Anything amiss (a short read, a failed
-        inflate) is left to :meth:`_chunk`, which says what."""
+        """Leave the chunk at ``where`` to ``batch``, to be written there into ``out``;
+        False (nothing staged) for a chunk not written or not stored with every filter.
+        A :class:`~xrdist.groupread.ChunkGroup` takes deflated chunks, to read later
+        (and to read again with :meth:`_chunk` if they fail). An
+        :class:`UnshuffleBatch` takes chunks stored with exactly deflate then shuffle,
+        with values of more than one byte, inflated now with libdeflate to their full
+        size; anything amiss (a short read, a failed inflate) is left to
+        :meth:`_chunk`, which says what."""
         offset = self.offsets.item(where)
-        if offset < 0 or self.masks.item(where) or not self._stageable:
+        if offset < 0 or self.masks.item(where):
             return False
         size = self.sizes.item(where)
+        if type(batch) is ChunkGroup:
+            layout = self._group_layout
+            if layout is None:
+                return False
+            retry = functools.partial(self._chunk_named, fd, where)
+            batch.add(fd, offset, size, layout, out, within, retry)
+            return True
+        if not self._stageable:
+            return False
         raw = os.pread(fd, size, offset)
         if len(raw) != size:
             return False
@@ -263,6 +290,15 @@ class ChunkIndex:
             row[:] = np.frombuffer(inflated, np.uint8)
         batch.place(out, within)
         return True
+
+    def _chunk_named(self, fd: int, where: tuple[int, ...]) -> np.ndarray:
+        """:meth:`_chunk`, whose errors all name the file, variable and chunk."""
+        try:
+            return self._chunk(fd, where)
+        except CorruptChunkError:
+            raise
+        except OSError as err:
+            raise CorruptChunkError(self._where(where, f"cannot be read: {err}")) from err
 
     def _chunk(self, fd: int, where: tuple[int, ...]) -> np.ndarray:
         """The stored chunk at chunk-grid index ``where``, decoded (the fill value if it

@@ -189,6 +189,16 @@ class Lease:
         if entry is not None:
             self._manager._checkin(entry)
 
+    def hand_over(self) -> Lease:
+        """Inside the ``with`` block: a lease that holds this one's handle from now on,
+        until its own ``__exit__`` (call it once, in any thread); this lease then ends
+        without returning the handle. For a read that finishes after its block."""
+        if self._entry is None:
+            raise RuntimeError("Lease.hand_over() is called inside the with block")
+        held = Lease(self._manager, self._spec, self._verify)
+        held._entry, held.opened, self._entry = self._entry, self.opened, None
+        return held
+
     @property
     def identity(self) -> FileIdentity | None:
         return None if self._entry is None else self._entry.identity

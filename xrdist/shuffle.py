@@ -136,7 +136,7 @@ class UnshuffleBatch:
             rows = max(1, self._limit // nbytes)
             if self._bytes is None or self._bytes.size < rows * nbytes:
                 self._give_back()
-                self._bytes = _borrow_staging(max(self._limit, nbytes))
+                self._bytes = borrow_staging(max(self._limit, nbytes))
             self._staged = self._bytes[: rows * nbytes].reshape(rows, nbytes)
             self._layout = layout
         assert self._staged is not None
@@ -168,15 +168,23 @@ class UnshuffleBatch:
         self._give_back()
 
     def _give_back(self) -> None:
-        if self._bytes is not None and self._bytes.size <= _KEPT_STAGING_BYTES:
-            _spare_staging.bytes = self._bytes
+        if self._bytes is not None:
+            return_staging(self._bytes)
         self._bytes = None
 
 
-def _borrow_staging(nbytes: int) -> np.ndarray:
-    """At least ``nbytes`` of staging bytes: the thread's spare ones if large enough."""
+def borrow_staging(nbytes: int) -> np.ndarray:
+    """At least ``nbytes`` of staging bytes (``uint8``): the thread's spare ones if large
+    enough. Give them back with :func:`return_staging` when done."""
     spare = getattr(_spare_staging, "bytes", None)
     if spare is not None and spare.size >= nbytes:
         _spare_staging.bytes = None
         return spare
     return np.empty(nbytes, np.uint8)
+
+
+def return_staging(staging: np.ndarray) -> None:
+    """Keep ``staging`` (from :func:`borrow_staging`) as the thread's spare bytes, unless
+    it is larger than :data:`_KEPT_STAGING_BYTES`."""
+    if staging.size <= _KEPT_STAGING_BYTES:
+        _spare_staging.bytes = staging
