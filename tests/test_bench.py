@@ -48,6 +48,8 @@ def test_tiny_bench_agrees_and_xrdist_needs_fewer_tasks(tmp_path):
             "bench.md",
             "--plot",
             "bench.png",
+            "--xrdist-option",  # the compiled chunk reads, whatever the stack's size
+            "compiled_reads=True",
         ],
         cwd=tmp_path,
         capture_output=True,
@@ -79,6 +81,18 @@ def test_tiny_bench_agrees_and_xrdist_needs_fewer_tasks(tmp_path):
     assert len(checksums) == 1  # the COGs hold the netCDF stack's values
     assert "| xrdist |" in (tmp_path / "bench.md").read_text()
     assert (tmp_path / "bench.png").stat().st_size > 10_000
+
+
+def test_xrdist_options_parse_as_python_literals_or_text():
+    import argparse
+
+    from xrdist.bench import option_setting
+
+    assert option_setting("compiled_reads=True") == ("compiled_reads", True)
+    assert option_setting(" read_threads = 4") == ("read_threads", 4)
+    assert option_setting("compiled_reads=auto") == ("compiled_reads", "auto")
+    with pytest.raises(argparse.ArgumentTypeError, match="NAME=VALUE"):
+        option_setting("compiled_reads")
 
 
 def test_unknown_method_is_refused(tmp_path):

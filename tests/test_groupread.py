@@ -33,6 +33,12 @@ DTYPES = ["i1", "u1", ">i2", "<u2", ">i4", "<f4", ">f8", "u8", "<i8"]
 BOXES = [(slice(0, 37), slice(0, 23)), (slice(3, 29), slice(2, 21)), (slice(8, 16), slice(7, 14))]
 
 
+@pytest.fixture(autouse=True)
+def _compiled_reads_from_the_first_read():
+    with xrdist.set_options(compiled_reads=True):
+        yield
+
+
 def test_the_compiled_loop_loads_in_the_test_install():
     """The test install has numba: the compiled path is what the other tests check."""
     assert compiled_reads_unavailable() is None
@@ -219,3 +225,30 @@ def test_a_group_holds_no_more_files_than_its_share_of_the_cache(tmp_path, monke
         ds.v.values  # noqa: B018
     assert most and max(most) <= 3
     assert get_manager().info().leased_now == 0
+
+
+def test_auto_loads_the_loop_once_the_process_has_read_enough(monkeypatch):
+    """``compiled_reads="auto"``: windows are read in Python until the process has read
+    ``AUTO_AFTER_BYTES`` of them, then the loop is loaded (once) and used; True loads
+    it at the first read, False never uses it."""
+    loads = []
+
+    def load():  # stands in for loading numba and compiling: counts the loads
+        if groupread._kernel is None:
+            loads.append(1)
+            monkeypatch.setattr(groupread, "_kernel", object())
+        return groupread._kernel
+
+    monkeypatch.setattr(groupread, "_kernel", None)
+    monkeypatch.setattr(groupread, "_window_bytes", 0)
+    monkeypatch.setattr(groupread, "_loaded_kernel", load)
+    monkeypatch.setattr(groupread, "AUTO_AFTER_BYTES", 250)
+    with xrdist.set_options(compiled_reads=False):
+        assert not groupread.use_compiled_reads(1000)
+    with xrdist.set_options(compiled_reads="auto"):
+        assert [groupread.use_compiled_reads(100) for _ in range(4)] == [False, False, True, True]
+    assert loads == [1]
+    monkeypatch.setattr(groupread, "_kernel", None)
+    with xrdist.set_options(compiled_reads=True):
+        assert groupread.use_compiled_reads(1)
+    assert loads == [1, 1]

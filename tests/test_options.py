@@ -39,6 +39,7 @@ def test_set_options_as_a_call_sticks():
         ({"file_cache_maxsize": True}, "positive integer"),
         ({"file_cache_maxweight": -5}, "positive integer or None"),
         ({"warn_for_unclosed_files": "yes"}, "True or False"),
+        ({"compiled_reads": "yes"}, "True, False or 'auto'"),
         (
             {"no_such_option": 1},
             "not an xrdist option; valid options: byte_range_reads, compiled_reads, "

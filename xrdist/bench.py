@@ -78,6 +78,7 @@ top-level imports are therefore the standard library, numpy and psutil only.
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import hashlib
 import importlib.util
@@ -462,7 +463,8 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     """Open, median, compute, in this process; everything a parent compares, as a dict.
 
     ``spec``: ``method``, ``reader``, ``folder``, ``format``, ``chunks``, ``cluster``
-    (``None``, ``"local"`` or a scheduler address) and ``warm``.
+    (``None``, ``"local"`` or a scheduler address), ``warm`` and ``xrdist_options``
+    (set in this process and the cluster's workers).
     """
     import dask
     import xarray as xr
@@ -489,6 +491,11 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
             # fusion off for every cluster run so that they run under one configuration.
             config = dict(CLUSTER_CONFIG)
         stack.enter_context(dask.config.set(config))
+        options = spec.get("xrdist_options") or {}
+        if options:
+            stack.enter_context(xrdist.set_options(**options))
+            if client is not None:
+                client.run(_set_xrdist_options, **options)
         if spec.get("warm", True):
             out["warm_up_s"] = warm_up(client)
         caught = stack.enter_context(warnings.catch_warnings(record=True))
@@ -1155,6 +1162,7 @@ def run(args: argparse.Namespace) -> int:
                 "chunks": chunks_for(args.size, fmt),
                 "cluster": "local" if METHODS[method].cluster else None,
                 "warm": not args.no_warm_up,
+                "xrdist_options": dict(args.xrdist_option or ()),
             }
             runs = []
             for _ in range(args.repeat):
@@ -1287,6 +1295,25 @@ def evict_from_page_cache(paths: list[str]) -> None:
             os.close(fd)
 
 
+def _set_xrdist_options(**options: Any) -> None:
+    """``xrdist.set_options(**options)`` for good, returning nothing (run on workers)."""
+    import xrdist
+
+    xrdist.set_options(**options)
+
+
+def option_setting(text: str) -> tuple[str, Any]:
+    """``NAME=VALUE`` -> ``(NAME, VALUE)``, VALUE a Python literal (``True``, ``4``,
+    ``None``) or else the text itself (``auto``)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        return name.strip(), ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+        return name.strip(), value.strip()
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dates", type=int, default=24, help="files (dates), default 24")
     parser.add_argument("--size", type=int, default=512, help="pixels per side, default 512")
@@ -1341,6 +1368,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-jit-cache",
         action="store_true",
         help="do not let numba cache numbagg's compiled kernel on disk (under --workdir)",
+    )
+    parser.add_argument(
+        "--xrdist-option",
+        action="append",
+        type=option_setting,
+        metavar="NAME=VALUE",
+        help="an xrdist option for the runs of every method (xrdist.set_options: in each "
+        "run's process and its cluster's workers), e.g. compiled_reads=True; repeatable",
     )
     parser.add_argument(
         "--xrdist-ref",

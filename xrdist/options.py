@@ -56,7 +56,7 @@ _VALIDATORS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "file_cache_maxweight": (_positive_int_or_none, "a positive integer or None"),
     "warn_for_unclosed_files": (lambda v: isinstance(v, bool), "True or False"),
     "byte_range_reads": (lambda v: isinstance(v, bool), "True or False"),
-    "compiled_reads": (lambda v: isinstance(v, bool), "True or False"),
+    "compiled_reads": (lambda v: isinstance(v, bool) or v == "auto", "True, False or 'auto'"),
     "read_threads": (_positive_int_or_none, "a positive integer or None"),
     "decode_in_readers": (lambda v: isinstance(v, bool), "True or False"),
     "description_cache_dir": (
@@ -70,7 +70,7 @@ _OPTIONS: dict[str, Any] = {
     "file_cache_maxweight": None,
     "warn_for_unclosed_files": False,
     "byte_range_reads": True,
-    "compiled_reads": True,
+    "compiled_reads": "auto",
     "read_threads": None,
     "decode_in_readers": True,
     "description_cache_dir": default_description_cache_dir() or None,
@@ -124,12 +124,16 @@ class set_options:  # named like xarray.set_options, used like a function
     byte_range_reads : bool
         Read chunked HDF5/netCDF-4 variables by byte ranges and decode them outside
         HDF5's global lock (default True); False reads everything through h5py.
-    compiled_reads : bool
-        When numba is installed (the ``fast`` extra) and imagecodecs' libdeflate is
-        found: read, inflate and unshuffle the deflated HDF5 chunks of a stack's window
-        several files at a time in one compiled call that runs without the GIL
-        (default True), so reads scale with cores. False (or no numba) decodes each
-        chunk in Python calls; the values are the same. See :mod:`xrdist.groupread`.
+    compiled_reads : bool or "auto"
+        Read, inflate and unshuffle the deflated HDF5 chunks of a stack's window
+        several files at a time in one compiled call that runs without the GIL, so that
+        reads scale with cores (see :mod:`xrdist.groupread`). It needs numba (the
+        ``fast`` extra) and libdeflate (imagecodecs ships it), and costs, once per
+        process, about a second and 120 MiB to load numba and compile the loop (the
+        memory is 8 MiB where numbagg has already loaded numba). True uses it from the
+        first read; ``"auto"`` (default) once this process has read
+        :data:`~xrdist.groupread.AUTO_AFTER_BYTES` of stack windows, where that cost
+        has become small against the reads; False never. The values are the same.
     read_threads : int or None
         Threads that read and decode the files of one window of a stack; 1 reads them
         one after another in the calling thread. Default None: on a dask.distributed
