@@ -56,7 +56,14 @@ napoleon_custom_sections = [
 # by the toctree of api.md. Every module of the package has one except the command
 # line's (documented by `xrdist --help`).
 GENERATED = Path(__file__).parent / "generated"
-NOT_DOCUMENTED = {"xrdist.cli", "xrdist.demo", "xrdist.handle_demo", "xrdist.info"}
+# chunkloop: importing it compiles numba code (xrdist.groupread documents what it does)
+NOT_DOCUMENTED = {
+    "xrdist.chunkloop",
+    "xrdist.cli",
+    "xrdist.demo",
+    "xrdist.handle_demo",
+    "xrdist.info",
+}
 
 
 def api_modules() -> list[str]:

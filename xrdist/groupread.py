@@ -12,8 +12,9 @@ its values go.
 It is used when numba is installed (the ``fast`` extra) and libdeflate is found (the
 copy that imagecodecs ships, else the system's), as the option ``compiled_reads``
 says: by default once the process has read :data:`AUTO_AFTER_BYTES` of stack windows,
-since loading it (numba's import and a compile, once per process) costs about a second
-and 120 MiB of memory; :func:`compiled_reads_unavailable` says why it cannot be used.
+since loading it (numba's import and the loop, compiled once and then loaded from
+numba's cache) costs each process about 0.4 s and 100 MiB of memory;
+:func:`compiled_reads_unavailable` says why it cannot be used.
 Chunks stored with deflate, or deflate then shuffle, with every filter applied, take
 this path; any other chunk is read as before.
 
@@ -215,22 +216,15 @@ class ChunkGroup:
 
 
 class _Kernel:
-    """The compiled loop and what it calls: libc's ``pread`` and libdeflate's
-    ``libdeflate_zlib_decompress``, with one decompressor per thread."""
+    """The compiled loop (:mod:`xrdist.chunkloop`), with one libdeflate decompressor
+    per thread."""
 
-    def __init__(self, libdeflate: ctypes.CDLL) -> None:
+    def __init__(self, libdeflate: ctypes.CDLL, loop: Any) -> None:
         self._alloc = libdeflate.libdeflate_alloc_decompressor
         self._alloc.restype, self._alloc.argtypes = ctypes.c_void_p, []
         self._free = libdeflate.libdeflate_free_decompressor
         self._free.restype, self._free.argtypes = None, [ctypes.c_void_p]
-        inflate = libdeflate.libdeflate_zlib_decompress
-        inflate.restype = ctypes.c_int
-        inflate.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_size_t, ctypes.c_void_p]
-        inflate.argtypes += [ctypes.c_size_t, ctypes.c_void_p]
-        pread = ctypes.CDLL(None, use_errno=True).pread
-        pread.restype = ctypes.c_ssize_t
-        pread.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int64]
-        self._loop = _compile(pread, inflate)
+        self._loop = loop  # xrdist.chunkloop.read_chunks
         self._threads = threading.local()
 
     def read(self, chunks: list[_Chunk], layout: Layout, rows: np.ndarray) -> np.ndarray:
@@ -272,58 +266,6 @@ class _ThreadState:
         if kept is None or kept.size < nbytes:
             kept = self._scratch[name] = np.empty(max(nbytes, 1), np.uint8)
         return kept
-
-
-def _compile(pread: Any, inflate: Any) -> Any:
-    """The loop, compiled (numba, no GIL): for each chunk, read it, inflate it and, if
-    shuffled, unshuffle it into its row; its status says which step failed."""
-    import numba
-
-    @numba.njit(nogil=True)
-    def unshuffle(src, dst, itemsize):  # type: ignore[no-untyped-def]
-        # byte b of element j is src[b * n + j]; a constant itemsize lets LLVM vectorise
-        n = src.size // itemsize
-        if itemsize == 2:
-            for j in range(n):
-                dst[2 * j] = src[j]
-                dst[2 * j + 1] = src[n + j]
-        elif itemsize == 4:
-            for j in range(n):
-                dst[4 * j] = src[j]
-                dst[4 * j + 1] = src[n + j]
-                dst[4 * j + 2] = src[2 * n + j]
-                dst[4 * j + 3] = src[3 * n + j]
-        elif itemsize == 8:
-            for j in range(n):
-                for b in range(8):
-                    dst[8 * j + b] = src[b * n + j]
-        else:
-            for j in range(n):
-                for b in range(itemsize):
-                    dst[j * itemsize + b] = src[b * n + j]
-
-    signature = (
-        "void(uintp, int32[::1], int64[::1], int64[::1], int64, boolean, "
-        "uint8[::1], uint8[::1], uint8[:, ::1], int8[::1])"
-    )
-
-    @numba.njit(signature, nogil=True)
-    def loop(decompressor, fds, offsets, sizes, itemsize, shuffled, raw, inflated, rows, status):  # type: ignore[no-untyped-def]
-        nbytes = rows.shape[1]
-        for i in range(fds.size):
-            size = sizes[i]
-            if pread(fds[i], raw.ctypes.data, size, offsets[i]) != size:
-                status[i] = _SHORT
-                continue
-            target = inflated if shuffled else rows[i]
-            if inflate(decompressor, raw.ctypes.data, size, target.ctypes.data, nbytes, 0) != 0:
-                status[i] = _UNDECODABLE
-                continue
-            if shuffled:
-                unshuffle(inflated[:nbytes], rows[i], itemsize)
-            status[i] = _READ
-
-    return loop
 
 
 def _find_libdeflate() -> str | None:
@@ -392,7 +334,9 @@ def _load() -> _Kernel:
     path = _find_libdeflate()
     if path is None:
         raise RuntimeError("no libdeflate library was found (imagecodecs bundles one)")
-    kernel = _Kernel(ctypes.CDLL(path))
+    from xrdist import chunkloop  # compiles the loop, or loads it from numba's cache
+
+    kernel = _Kernel(ctypes.CDLL(path), chunkloop.read_chunks)
     _self_test(kernel)
     return kernel
 
@@ -405,10 +349,11 @@ def compiled_reads_unavailable() -> str | None:
 
 
 #: With ``compiled_reads="auto"``: the bytes of stack windows this process reads
-#: before it loads the compiled loop. Loading costs about a second (numba's import and
-#: a compile) and 120 MiB; on two cores the loop saves about a fifth of a read's time on
-#: two threads (0.05 s of 0.30 s for 480 MiB of windows), so it pays for itself after
-#: some GiB, and more cores gain more.
+#: before it loads the compiled loop. Loading costs about 0.3 s (numba's import and the
+#: loop from numba's cache; the first process ever compiles it, about a second) and
+#: 100 MiB; on two cores the loop saves about a fifth of a read's time on two threads
+#: (0.05 s of 0.30 s for 480 MiB of windows), so it pays for itself after a few GiB,
+#: and more cores gain more.
 AUTO_AFTER_BYTES = 2**30
 
 _window_bytes = 0  # read by stacks in this process while the loop was not loaded
