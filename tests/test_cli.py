@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import xarray as xr
 
 
 def xrdist(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -43,9 +44,15 @@ def test_info_shows_variables_chunks_and_the_plan(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "4 files stacked along 'time'" in out.stdout
     assert "| refl | time, y, x | (1, 64, 64) | uint16 | (1, 32, 32) | zlib+shuffle" in out.stdout
+    assert "| byte ranges |" in out.stdout and "compiled chunk reads: available" in out.stdout
     assert "refl: rechunk" in out.stdout and "amplification 2.25 > 1.5" in out.stdout
     single = xrdist("info", str(next((tmp_path / "s").glob("*.nc"))), cwd=tmp_path)
     assert single.returncode == 0 and "read with h5py" in single.stdout
+    xr.open_dataset(next((tmp_path / "s").glob("*.nc"))).to_netcdf(
+        tmp_path / "v3.nc", format="NETCDF3_64BIT"
+    )
+    classic = xrdist("info", str(tmp_path / "v3.nc"), cwd=tmp_path)
+    assert "read with netcdf4" in classic.stdout and "| netCDF-C |" in classic.stdout
     # an unquoted glob (the shell's list of files) and a budget with units
     files = sorted(str(p) for p in (tmp_path / "s").glob("*.nc"))
     listed = xrdist("info", *files, "--max-mem", "64MiB", cwd=tmp_path)

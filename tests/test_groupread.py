@@ -229,8 +229,8 @@ def test_a_group_holds_no_more_files_than_its_share_of_the_cache(tmp_path, monke
 
 def test_auto_loads_the_loop_once_the_process_has_read_enough(monkeypatch):
     """``compiled_reads="auto"``: windows are read in Python until the process has read
-    ``AUTO_AFTER_BYTES`` of them, then the loop is loaded (once) and used; True loads
-    it at the first read, False never uses it."""
+    ``AUTO_AFTER_BYTES`` of them, then the loop is loaded (once) and used, or at once
+    where numba is loaded already; True loads it at the first read, False never."""
     loads = []
 
     def load():  # stands in for loading numba and compiling: counts the loads
@@ -243,12 +243,19 @@ def test_auto_loads_the_loop_once_the_process_has_read_enough(monkeypatch):
     monkeypatch.setattr(groupread, "_window_bytes", 0)
     monkeypatch.setattr(groupread, "_loaded_kernel", load)
     monkeypatch.setattr(groupread, "AUTO_AFTER_BYTES", 250)
+    monkeypatch.setattr(groupread, "_numba_in_use", lambda: False)
     with xrdist.set_options(compiled_reads=False):
         assert not groupread.use_compiled_reads(1000)
     with xrdist.set_options(compiled_reads="auto"):
         assert [groupread.use_compiled_reads(100) for _ in range(4)] == [False, False, True, True]
     assert loads == [1]
     monkeypatch.setattr(groupread, "_kernel", None)
-    with xrdist.set_options(compiled_reads=True):
+    monkeypatch.setattr(groupread, "_window_bytes", 0)
+    monkeypatch.setattr(groupread, "_numba_in_use", lambda: True)  # numbagg loaded it
+    with xrdist.set_options(compiled_reads="auto"):
         assert groupread.use_compiled_reads(1)
     assert loads == [1, 1]
+    monkeypatch.setattr(groupread, "_kernel", None)
+    with xrdist.set_options(compiled_reads=True):
+        assert groupread.use_compiled_reads(1)
+    assert loads == [1, 1, 1]

@@ -11,9 +11,10 @@ its values go.
 
 It is used when numba is installed (the ``fast`` extra) and libdeflate is found (the
 copy that imagecodecs ships, else the system's), as the option ``compiled_reads``
-says: by default once the process has read :data:`AUTO_AFTER_BYTES` of stack windows,
-since loading it (numba's import and the loop, compiled once and then loaded from
-numba's cache) costs each process about 0.4 s and 100 MiB of memory;
+says: by default once numba is loaded in the process (by numbagg's kernels, say) or it
+has read :data:`AUTO_AFTER_BYTES` of stack windows, since loading it (numba's import
+and the loop, compiled once and then loaded from numba's cache) costs each process
+about 0.3 s and 100 MiB of memory;
 :func:`compiled_reads_unavailable` says why it cannot be used.
 Chunks stored with deflate, or deflate then shuffle, with every filter applied, take
 this path; any other chunk is read as before.
@@ -349,11 +350,11 @@ def compiled_reads_unavailable() -> str | None:
 
 
 #: With ``compiled_reads="auto"``: the bytes of stack windows this process reads
-#: before it loads the compiled loop. Loading costs about 0.3 s (numba's import and the
-#: loop from numba's cache; the first process ever compiles it, about a second) and
-#: 100 MiB; on two cores the loop saves about a fifth of a read's time on two threads
-#: (0.05 s of 0.30 s for 480 MiB of windows), so it pays for itself after a few GiB,
-#: and more cores gain more.
+#: before it loads the compiled loop, unless numba is loaded already. Loading costs
+#: about 0.3 s (numba's import and the loop from numba's cache; the first process ever
+#: compiles it, about a second) and 100 MiB; on two cores the loop saves about a fifth
+#: of a read's time on two threads (0.05 s of 0.30 s for 480 MiB of windows), so it
+#: pays for itself after a few GiB, and more cores gain more.
 AUTO_AFTER_BYTES = 2**30
 
 _window_bytes = 0  # read by stacks in this process while the loop was not loaded
@@ -371,6 +372,12 @@ def use_compiled_reads(window_bytes: int) -> bool:
         return False
     if choice == "auto" and _kernel is None and _unavailable is None:
         _window_bytes += window_bytes
-        if _window_bytes < AUTO_AFTER_BYTES:
+        if _window_bytes < AUTO_AFTER_BYTES and not _numba_in_use():
             return False
     return _loaded_kernel() is not None
+
+
+def _numba_in_use() -> bool:
+    """Whether numba is loaded in this process already (by numbagg's kernels, say): the
+    loop then costs about 8 MiB and 0.15 s to load, which any read wins back."""
+    return "numba" in sys.modules

@@ -32,16 +32,45 @@ def _compression(encoding: dict[str, Any]) -> str:
 
 def describe_variables(description: FileDescription) -> list[str]:
     rows = [
-        "| variable | dims | shape | dtype | on-disk chunks | compression |",
-        "|---|---|---|---|---|---|",
+        "| variable | dims | shape | dtype | on-disk chunks | compression | read path |",
+        "|---|---|---|---|---|---|---|",
     ]
+    paths = read_paths(description)
     for name, var in description.variables.items():
         chunks = var.encoding.get("chunksizes") or "contiguous"
         rows.append(
             f"| {name} | {', '.join(var.dims) or '-'} | {var.shape} | {var.dtype} | "
-            f"{chunks} | {_compression(var.encoding)} |"
+            f"{chunks} | {_compression(var.encoding)} | {paths[name]} |"
         )
     return rows
+
+
+def read_paths(description: FileDescription) -> dict[str, str]:
+    """How xrdist reads each variable of the described file: ``byte ranges`` (read
+    with ``pread`` and decoded outside any library's lock), ``h5py: <why not>`` (through
+    h5py, under HDF5's lock), or ``netCDF-C`` (under its lock, one call at a time)."""
+    names = list(description.variables)
+    if description.library == "tifffile":
+        return dict.fromkeys(names, "byte ranges")
+    if description.library != "h5py":
+        return dict.fromkeys(names, "netCDF-C")
+    from xrdist.formats import h5pylib
+
+    with h5pylib.proxy(description.path).lease() as handle:
+        found = {name: h5pylib.read_path(handle, description.group, name) for name in names}
+    return {name: "byte ranges" if how == "byte-range" else how for name, how in found.items()}
+
+
+def compiled_reads_line() -> str:
+    """Whether stack windows' deflated HDF5 chunks are read by the compiled loop."""
+    from xrdist.groupread import compiled_reads_unavailable
+    from xrdist.options import get_option
+
+    why_not = compiled_reads_unavailable()
+    if why_not is not None:
+        return f"compiled chunk reads: unavailable ({why_not})"
+    option = get_option("compiled_reads")
+    return f"compiled chunk reads: available (option compiled_reads={option!r})"
 
 
 def parse_chunks(text: str) -> Any:
@@ -93,6 +122,8 @@ def _print_info(args: argparse.Namespace) -> int:
         f"first file {first.path}"
     )
     print("\n".join(describe_variables(first)))
+    if first.library == "h5py":
+        print(compiled_reads_line())
     print(f"\nplan for chunks {args.chunks}:")
     print(
         plan(

@@ -132,7 +132,8 @@ class set_options:  # named like xarray.set_options, used like a function
         process, about 0.3 s and 100 MiB to load numba and the loop (compiled by the
         first process, in about a second, then loaded from numba's cache; the memory is
         8 MiB where numbagg has already loaded numba). True uses it from the
-        first read; ``"auto"`` (default) once this process has read
+        first read; ``"auto"`` (default) once numba is loaded in this process (by
+        numbagg's kernels, say) or it has read
         :data:`~xrdist.groupread.AUTO_AFTER_BYTES` of stack windows, where that cost
         has become small against the reads; False never. The values are the same.
     read_threads : int or None
