@@ -698,7 +698,7 @@ class StackArray(BackendArray):
         # HDF5 chunks read by a compiled loop, a group of files at a time, each file's
         # handle held open until then: at most a reader thread's share of the cache.
         grouped = into_slots and use_compiled_reads(out.nbytes)
-        most_files = max(1, get_option("file_cache_maxsize") // reader_threads())
+        most_files = max(1, get_option("file_cache_maxsize") // reader_threads()) if grouped else 0
 
         def local_run(lo: int, hi: int) -> tuple[int, slice | np.ndarray]:
             """The file of a run of positions, and the run in that file's indices."""

@@ -5,7 +5,9 @@ so threads reading compressed netCDF-4 barely help. Here a variable's chunks are
 once (:func:`build_chunk_index`: offset, size and filter mask of every stored chunk, from
 h5py's chunk iteration), then read with positional reads (``os.pread`` on the file's
 descriptor: no HDF5 call, no lock) and decoded in the reading thread with libdeflate or zlib
-and numpy, all of which release the GIL. Unallocated chunks read as the fill value.
+and numpy, all of which release the GIL. Unallocated chunks read as the fill value. The
+deflated chunks of a stack's window can instead be left to a
+:class:`~xrdist.groupread.ChunkGroup`, which reads many in one compiled call.
 
 Contiguous variables (no filters) are read by offset: the window's runs of contiguous
 bytes, with runs a few pages apart read together (:class:`ContiguousIndex`). Supported

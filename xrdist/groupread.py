@@ -94,7 +94,7 @@ class ChunkGroup:
 
     A file's read :meth:`add`\\ s its chunks, then hands its lease (the handle stays
     open) and the check to make after its read to :meth:`hold`. The group reads its
-    chunks once it holds :data:`GROUP_FILES` files (at most ``most_files``) or about
+    chunks once it holds ``most_files`` files (at most :data:`GROUP_FILES`) or
     :data:`GROUP_BYTES` of chunks, and at :meth:`flush`; then it checks each file
     (raising what the check raises) and ends the leases. The caller's output is
     complete only after ``flush``.
