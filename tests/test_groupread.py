@@ -259,3 +259,29 @@ def test_auto_loads_the_loop_once_the_process_has_read_enough(monkeypatch):
     with xrdist.set_options(compiled_reads=True):
         assert groupread.use_compiled_reads(1)
     assert loads == [1, 1, 1]
+
+
+def _loop_loaded() -> bool:
+    return groupread._kernel is not None
+
+
+@pytest.mark.timeout(180)
+def test_worker_processes_of_a_cluster_read_with_the_loop(tmp_path):
+    """On a real ``distributed.LocalCluster`` with worker processes told
+    ``compiled_reads=True``: each worker loads the loop (from numba's cache, or
+    compiling it) and the stack's values are xarray's."""
+    from distributed import Client, LocalCluster
+
+    paths = _stack(tmp_path, "<u2", True, dates=6)
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=2, processes=True, dashboard_address=":0",
+                     silence_logs=40) as cluster,
+        Client(cluster) as client,
+    ):  # fmt: skip
+        client.run(xrdist.set_options, compiled_reads=True)
+        ds = xrdist.open_mfdataset(paths, chunks={"time": -1, "y": 64, "x": 64})
+        got = client.compute(ds.v).result()
+        assert all(client.run(_loop_loaded).values())
+        assert all(i.leased_now == 0 for i in client.run(xrdist.cache_info).values())
+    with xr.open_mfdataset(paths, engine="h5netcdf", combine="by_coords") as expected:
+        np.testing.assert_array_equal(got.values, expected.v.values)
