@@ -22,10 +22,11 @@ from numba import types
 
 from xrdist.groupread import _READ, _SHORT, _UNDECODABLE, _find_libdeflate
 
-_LIBDEFLATE = _find_libdeflate()
-if _LIBDEFLATE is None:
+#: The libdeflate shared library the loop calls (and whose decompressors it is given).
+LIBDEFLATE = _find_libdeflate()
+if LIBDEFLATE is None:
     raise ImportError("no libdeflate library was found (imagecodecs bundles one)")
-llvmlite.binding.load_library_permanently(_LIBDEFLATE)  # its functions, for LLVM
+llvmlite.binding.load_library_permanently(LIBDEFLATE)  # its functions, for LLVM
 
 #: ``libdeflate_zlib_decompress(decompressor, in, in_nbytes, out, out_nbytes, actual)``:
 #: 0 when ``in`` inflates to exactly ``out_nbytes`` bytes (``actual`` NULL).

@@ -43,6 +43,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from xrdist.options import get_option
 from xrdist.shuffle import borrow_staging, return_staging
 
 #: A group reads its chunks once its files reach this many (or at ``flush``): each
@@ -332,19 +333,17 @@ def _load() -> _Kernel:
         import numba  # noqa: F401
     except ImportError:
         raise RuntimeError("numba is not installed (pip install 'xrdist[fast]')") from None
-    path = _find_libdeflate()
-    if path is None:
-        raise RuntimeError("no libdeflate library was found (imagecodecs bundles one)")
-    from xrdist import chunkloop  # compiles the loop, or loads it from numba's cache
+    # Compiles the loop, or loads it from numba's cache; raises if no libdeflate is found.
+    from xrdist import chunkloop
 
-    kernel = _Kernel(ctypes.CDLL(path), chunkloop.read_chunks)
+    kernel = _Kernel(ctypes.CDLL(chunkloop.LIBDEFLATE), chunkloop.read_chunks)
     _self_test(kernel)
     return kernel
 
 
 def compiled_reads_unavailable() -> str | None:
     """Why chunks cannot be read by the compiled loop in this process, or None if they
-    can (loading it, the first time, takes about half a second)."""
+    can (loading it, the first time, takes about 0.3 s, or a second to compile it)."""
     _loaded_kernel()
     return _unavailable
 
@@ -365,8 +364,6 @@ def use_compiled_reads(window_bytes: int) -> bool:
     the option ``compiled_reads``, and if the compiled loop loads (the first time,
     here). Thread-safe; the count of bytes read is approximate under threads."""
     global _window_bytes
-    from xrdist.options import get_option
-
     choice = get_option("compiled_reads")
     if choice is False:
         return False
